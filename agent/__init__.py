@@ -1,0 +1,1 @@
+"""The agent: a LangGraph pipeline perceive -> retrieve -> reason -> verify -> decide."""

@@ -1,0 +1,194 @@
+"""One typed configuration for the whole pipeline.
+
+Precedence (later wins): built-in defaults < TOML file < environment variables < ``--set`` flags.
+
+- TOML file: ``--config FILE``, else ``$GEOSLEUTH_CONFIG``, else ``./geosleuth.toml`` if present.
+- Environment: ``GEOSLEUTH__<SECTION>__<KEY>=value``, e.g. ``GEOSLEUTH__VLM__BACKEND=openai``.
+- Flags: ``--set vlm.backend=openai`` (values are parsed as TOML scalars/arrays when they can be).
+
+Secrets never live here: the VLM API key is read from the environment variable named by
+``vlm.api_key_env`` at request time and is never written to traces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from geosleuth.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "GEOSLEUTH__"
+DEFAULT_CONFIG_FILE = "geosleuth.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderConfig(_Section):
+    image_model: str = Field(
+        "openai/clip-vit-large-patch14",
+        description="CLIP-family vision model (hub id or local dir); GeoCLIP's head expects ViT-L/14 features",
+    )
+    image_encoder: str = Field("clip+geoclip", description="registered image encoder name")
+    location_encoder: str = Field("geoclip", description="registered location encoder name")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(32, ge=1)
+
+
+class IndexConfig(_Section):
+    gallery: Path | None = Field(None, description="image gallery store folder (geosleuth index build); none = GPS gallery + VLM only")
+    gps_gallery: str = Field("geoclip", description="'geoclip' (its shipped 100K coordinates) or a CSV with lat,lon columns")
+    cache_dir: Path = Field(Path("~/.cache/geosleuth"), description="cached GPS-gallery embeddings and sessions")
+
+
+class RetrievalConfig(_Section):
+    k_neighbors: int = Field(15, ge=0, description="similar gallery images retrieved (the largest prompt variant uses this many)")
+    k_dissimilar: int = Field(5, ge=0, description="far-away gallery images used as negative context")
+    k_gps: int = Field(20, ge=0, description="GPS-gallery candidates")
+    exclude_authors: list[str] = Field(default_factory=list, description="gallery authors never retrieved")
+
+
+class VLMConfig(_Section):
+    backend: Literal["transformers", "openai", "none"] = Field(
+        "transformers", description="transformers (in-process) | openai (vLLM or any OpenAI-compatible server) | none"
+    )
+    model: str = Field("HuggingFaceTB/SmolVLM2-2.2B-Instruct", description="in-process model (hub id or local dir)")
+    server_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="model served by vLLM / the server")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL")
+    api_key_env: str = Field("GEOSLEUTH_VLM_API_KEY", description="environment variable holding the server's API key")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(16, ge=1, description="requests in flight to the server")
+    max_image_pixels: int = Field(1024 * 1024, ge=64 * 64, description="images are downscaled to at most this many pixels")
+    max_new_tokens: int = Field(768, ge=16)
+    temperature: float = Field(0.7, ge=0.0)
+    samples_per_variant: int = Field(2, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class PromptConfig(_Section):
+    reasoning_template: str = Field("geo_reasoning", description="template id in prompts/templates")
+    neighbor_counts: list[int] = Field(
+        default_factory=lambda: [0, 5, 10, 15], description="G3-style diversification: one prompt variant per count"
+    )
+    include_dissimilar: bool = True
+    chat_template: str = "chat_followup"
+
+
+class VerifyConfig(_Section):
+    w_geoclip: float = Field(1.0, ge=0, description="image-location embedding similarity")
+    w_neighbor_support: float = Field(1.0, ge=0, description="retrieved neighbours near the candidate")
+    w_vlm_agreement: float = Field(1.0, ge=0, description="VLM samples near the candidate")
+    w_geo_consistency: float = Field(0.5, ge=0, description="stated country/region matches the reverse-geocoded place")
+    support_radius_km: float = Field(200.0, gt=0)
+    refine_radius_km: float = Field(25.0, ge=0, description="0 = no refinement of the winner within its cluster")
+    top_k: int = Field(5, ge=1, description="ranked alternatives reported")
+
+
+class ServeConfig(_Section):
+    python: str | None = Field(None, description="python with vLLM installed (default: this one)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_model_len: int = 8192
+    images_per_prompt: int = 1
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = 900.0
+
+
+class Config(_Section):
+    encoders: EncoderConfig = Field(default_factory=EncoderConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    vlm: VLMConfig = Field(default_factory=VLMConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the effective settings, recorded in every trace and run manifest."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML (what ``geosleuth config show`` prints)."""
+        lines: list[str] = []
+        for section, values in self.model_dump(mode="json").items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if value is not None:
+                    lines.append(f"{key} = {json.dumps(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    """'3' -> 3, 'true' -> True, '[0, 5]' -> [0, 5], 'abc' -> 'abc' (TOML scalar syntax)."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{origin}: expected SECTION.KEY (e.g. vlm.backend), got {dotted!r}")
+    section, key = parts
+    if section not in Config.model_fields:
+        raise ConfigError(f"{origin}: unknown section {section!r}; sections are {', '.join(Config.model_fields)}")
+    tree.setdefault(section, {})[key] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration (see module docstring for precedence)."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    file = Path(path) if path else (Path(environ["GEOSLEUTH_CONFIG"]) if environ.get("GEOSLEUTH_CONFIG") else None)
+    if file is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        file = Path(DEFAULT_CONFIG_FILE)
+    if file is not None:
+        try:
+            tree = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            _set_path(tree, dotted, _parse_value(raw), f"environment variable {name}")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        _set_path(tree, key.strip(), _parse_value(raw.strip()), f"--set {item!r}")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        where = f" (from {file})" if file else ""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+
+
+def expand_path(path: Path) -> Path:
+    """``~`` and environment variables expanded; relative paths stay relative to the working dir."""
+    return Path(os.path.expandvars(str(path))).expanduser()

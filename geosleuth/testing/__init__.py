@@ -1,0 +1,1 @@
+"""Tiny random models and synthetic data, built locally, for tests and benchmarks (no downloads)."""

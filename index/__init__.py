@@ -1,0 +1,1 @@
+"""Retrieval infrastructure: image/location encoders, GPS gallery, FAISS gallery stores."""

@@ -1,0 +1,1 @@
+"""Versioned prompt templates, their renderer, and the VLM answer schema."""
