@@ -163,6 +163,25 @@ class ReasoningFailure(_Record):
     sample_index: int = 0
 
 
+class PromptRecord(_Record):
+    """Which template (and version hash) produced a prompt, for which variant and model."""
+
+    template_id: str
+    template_hash: str
+    variant: str
+    model: str
+    rendered: str | None = None
+
+
+class ReasoningResult(_Record):
+    """Everything the reason stage produced: usable hypotheses, failures (raw text kept), prompts."""
+
+    hypotheses: list[Hypothesis] = Field(default_factory=list)
+    failures: list[ReasoningFailure] = Field(default_factory=list)
+    prompts: list[PromptRecord] = Field(default_factory=list)
+    raw_replies: list[str] = Field(default_factory=list)
+
+
 class CandidateSource(str, Enum):
     RETRIEVAL = "retrieval"
     GPS_GALLERY = "gps-gallery"
@@ -227,14 +246,6 @@ class TraceEvent(_Record):
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
-
-
-class PromptRecord(_Record):
-    template_id: str
-    template_hash: str
-    variant: str
-    model: str
-    rendered: str | None = None
 
 
 class Trace(_Record):
