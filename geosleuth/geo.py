@@ -187,9 +187,8 @@ class ReverseGeocoder:
         if not name:
             return None
         key = _fold(name)
-        if key.startswith("the "):
-            key = key[4:]
-        return self._country_by_name.get(key)
+        table = self._country_by_name
+        return table.get(key) or (table.get(key[4:]) if key.startswith("the ") else None)
 
     def continent_of(self, country_code: str | None) -> str | None:
         info = self.countries.get((country_code or "").upper())

@@ -1,0 +1,73 @@
+"""Configuration: defaults < TOML file < environment < --set, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from geosleuth.config import Config, load_config
+from geosleuth.errors import ConfigError
+
+
+def test_defaults_point_at_real_public_models():
+    config = load_config(environ={})
+    assert config.encoders.image_model == "openai/clip-vit-large-patch14"
+    assert config.vlm.server_model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert config.index.gallery is None  # a fresh install has no image gallery
+    assert config.prompts.neighbor_counts == [0, 5, 10, 15]
+
+
+def test_precedence_file_then_env_then_flags(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[vlm]\nbackend = "openai"\ntimeout_s = 5\n[retrieval]\nk_gps = 3\n')
+    env = {"GEOSLEUTH__RETRIEVAL__K_GPS": "4", "GEOSLEUTH__VLM__TIMEOUT_S": "6"}
+    config = load_config(cfg, overrides=["vlm.timeout_s=7", "prompts.neighbor_counts=[0, 5]"], environ=env)
+    assert config.vlm.backend == "openai"  # file
+    assert config.retrieval.k_gps == 4  # env beats file
+    assert config.vlm.timeout_s == 7  # flag beats env
+    assert config.prompts.neighbor_counts == [0, 5]
+
+
+def test_config_file_from_environment_variable(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text("[verify]\ntop_k = 9\n")
+    assert load_config(environ={"GEOSLEUTH_CONFIG": str(cfg)}).verify.top_k == 9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overrides": ["vlm.backend=gpt"]}, "vlm.backend"),
+        ({"overrides": ["nosuch.key=1"]}, "unknown section 'nosuch'"),
+        ({"overrides": ["vlm.no_such_key=1"]}, "no_such_key"),
+        ({"overrides": ["vlm.timeout_s"]}, "SECTION.KEY=VALUE"),
+        ({"overrides": ["retrieval.k_gps=-1"]}, "k_gps"),
+        ({"environ": {"GEOSLEUTH__VLM__BACKEND": "carrier-pigeon"}}, "vlm.backend"),
+    ],
+)
+def test_bad_settings_name_the_setting(kwargs, message):
+    kwargs.setdefault("environ", {})
+    with pytest.raises(ConfigError, match=message):
+        load_config(**kwargs)
+
+
+def test_bad_and_missing_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[vlm\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(bad, environ={})
+    with pytest.raises(ConfigError, match="missing.toml"):
+        load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_config_hash_is_stable_and_changes_with_settings():
+    a, b = Config(), Config()
+    assert a.config_hash() == b.config_hash()
+    b.vlm.temperature = 0.1
+    assert a.config_hash() != b.config_hash()
+
+
+def test_effective_config_round_trips_through_its_toml(tmp_path):
+    config = load_config(overrides=["vlm.backend=none", "index.gallery=/data/store"], environ={})
+    path = tmp_path / "shown.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path, environ={}) == config
