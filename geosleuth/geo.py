@@ -35,8 +35,9 @@ CONTINENT_NAMES = {
 
 
 def normalize_lon(lon: float) -> float:
-    """Longitude wrapped into [-180, 180)."""
-    return ((float(lon) + 180.0) % 360.0) - 180.0
+    """Longitude wrapped into [-180, 180) (in-range values are returned unchanged, bit for bit)."""
+    lon = float(lon)
+    return lon if -180.0 <= lon < 180.0 else ((lon + 180.0) % 360.0) - 180.0
 
 
 def validate_coordinate(lat: Any, lon: Any, *, what: str = "coordinate") -> tuple[float, float]:
@@ -75,7 +76,7 @@ def validate_coordinates(lats: ArrayLike, lons: ArrayLike, *, what: str = "coord
     if bad.any():
         i = int(np.flatnonzero(bad.ravel())[0])
         validate_coordinate(lat.ravel()[i], lon.ravel()[i], what=f"{what} (row {i})")
-    return lat, ((lon + 180.0) % 360.0) - 180.0
+    return lat, np.where((lon >= -180.0) & (lon < 180.0), lon, ((lon + 180.0) % 360.0) - 180.0)
 
 
 def haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike) -> NDArray[np.float64]:

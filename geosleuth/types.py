@@ -35,7 +35,8 @@ def _check_lat_lon(lat: float | None, lon: float | None) -> tuple[float | None, 
         raise ValueError(f"latitude {lat} is outside [-90, 90]")
     if not -360.0 <= lon <= 360.0:
         raise ValueError(f"longitude {lon} is outside [-360, 360]")
-    lon = ((lon + 180.0) % 360.0) - 180.0
+    if not -180.0 <= lon < 180.0:  # wrap only when needed: the formula perturbs in-range floats
+        lon = ((lon + 180.0) % 360.0) - 180.0
     return float(lat), float(lon)
 
 

@@ -1,0 +1,212 @@
+"""GPS gallery with GeoCLIP's real location encoder: cached embeddings, top-k, CSV validation.
+
+The galleries here are a few thousand points taken from geoclip's shipped 100K gallery: embedding
+all 100K takes tens of seconds on a CPU (bench/bench_gps_candidates.py covers that size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from geosleuth.index.encoders import LocationEncoder
+from geosleuth.index.gps_gallery import (
+    GEOCLIP_GALLERY,
+    GPSGallery,
+    geoclip_gallery_csv,
+    read_coordinates_csv,
+    score_locations,
+)
+
+from geosleuth.errors import DataFileError
+
+GALLERY_SIZE = 2000
+
+
+class CountingLocationEncoder:
+    """Delegates to the real encoder and counts how often the gallery is (re-)embedded."""
+
+    def __init__(self, inner: LocationEncoder, weights_hash: str | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self.logit_scale = inner.logit_scale
+        self.weights_hash = weights_hash or inner.weights_hash
+        self.calls = 0
+
+    def encode(self, latlon: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.inner.encode(latlon)
+
+
+@pytest.fixture(scope="module")
+def gallery_coords() -> np.ndarray:
+    return read_coordinates_csv(geoclip_gallery_csv())[:GALLERY_SIZE]
+
+
+@pytest.fixture(scope="module")
+def gallery_csv(tmp_path_factory: pytest.TempPathFactory, gallery_coords: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("gps") / "gallery.csv"
+    rows = "\n".join(f"{float(lat)!r},{float(lon)!r}" for lat, lon in gallery_coords)
+    path.write_text(f"Latitude,LONGITUDE\n{rows}\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gallery(gallery_csv: Path, geoclip_location_encoder: LocationEncoder) -> GPSGallery:
+    return GPSGallery.load(str(gallery_csv), geoclip_location_encoder, cache_dir=None)
+
+
+def test_embeddings_are_cached_and_reused(
+    tmp_path: Path, gallery_csv: Path, geoclip_location_encoder: LocationEncoder, gallery: GPSGallery
+) -> None:
+    counting = CountingLocationEncoder(geoclip_location_encoder)
+    first = GPSGallery.load(str(gallery_csv), counting, cache_dir=tmp_path)
+    second = GPSGallery.load(str(gallery_csv), counting, cache_dir=tmp_path)
+
+    assert counting.calls == 1
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)
+    np.testing.assert_allclose(second.embeddings, gallery.embeddings, atol=1e-6)
+    files = sorted(p.suffix for p in (tmp_path / "gps_gallery").iterdir())
+    assert files == [".json", ".npy"]  # no temporary files left behind
+
+
+def test_cache_is_keyed_by_weights_and_content(
+    tmp_path: Path, gallery_csv: Path, gallery_coords: np.ndarray, geoclip_location_encoder: LocationEncoder
+) -> None:
+    counting = CountingLocationEncoder(geoclip_location_encoder)
+    GPSGallery.load(str(gallery_csv), counting, cache_dir=tmp_path)
+    GPSGallery.from_coordinates(gallery_coords[:500], counting, cache_dir=tmp_path)
+    assert counting.calls == 2  # other points: other entry
+
+    retrained = CountingLocationEncoder(geoclip_location_encoder, weights_hash="0" * 64)
+    GPSGallery.load(str(gallery_csv), retrained, cache_dir=tmp_path)
+    assert retrained.calls == 1  # other weights: recomputed, not reused
+
+
+def test_corrupt_cache_is_recomputed(
+    tmp_path: Path, gallery_csv: Path, geoclip_location_encoder: LocationEncoder, gallery: GPSGallery
+) -> None:
+    counting = CountingLocationEncoder(geoclip_location_encoder)
+    GPSGallery.load(str(gallery_csv), counting, cache_dir=tmp_path)
+    (array_file,) = (tmp_path / "gps_gallery").glob("*.npy")
+    array_file.write_bytes(array_file.read_bytes()[:1000])
+
+    reloaded = GPSGallery.load(str(gallery_csv), counting, cache_dir=tmp_path)
+    assert counting.calls == 2
+    np.testing.assert_allclose(reloaded.embeddings, gallery.embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", [0, 777, GALLERY_SIZE - 1])
+def test_a_coordinates_own_embedding_ranks_it_first(
+    gallery: GPSGallery, gallery_coords: np.ndarray, index: int
+) -> None:
+    top = gallery.top_k(gallery.embeddings[index], 5)
+
+    assert len(top) == 5
+    assert (top[0].lat, top[0].lon) == pytest.approx(tuple(gallery_coords[index]), abs=1e-9)
+    assert top[0].similarity == pytest.approx(1.0, abs=1e-5)
+    sims = [c.similarity for c in top]
+    assert sims == sorted(sims, reverse=True)
+    probs = [c.probability for c in top]
+    assert all(p is not None and 0.0 < p <= 1.0 for p in probs)
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_top_k_matches_a_full_sort_with_softmax_probabilities(gallery: GPSGallery) -> None:
+    rng = np.random.default_rng(3)
+    query = rng.standard_normal(512).astype(np.float32)
+    query /= np.linalg.norm(query)
+
+    top = gallery.top_k(query, 10)
+
+    sims = gallery.embeddings.astype(np.float64) @ query
+    order = np.argsort(-sims, kind="stable")[:10]
+    np.testing.assert_allclose([(c.lat, c.lon) for c in top], gallery.coordinates[order], atol=1e-9)
+    logits = gallery.logit_scale * sims
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose([c.probability for c in top], softmax[order], rtol=1e-4)
+
+
+def test_top_k_sizes(gallery: GPSGallery) -> None:
+    query = gallery.embeddings[1]
+    assert gallery.top_k(query, 0) == []
+    assert len(gallery.top_k(query, GALLERY_SIZE + 50)) == GALLERY_SIZE
+    assert len(gallery.top_k(query[None, :], 3)) == 3
+    with pytest.raises(ValueError, match="k must be"):
+        gallery.top_k(query, -1)
+    with pytest.raises(ValueError, match="shape"):
+        gallery.top_k(np.ones(768, dtype=np.float32), 3)
+    with pytest.raises(ValueError, match="zero"):
+        gallery.top_k(np.zeros(512, dtype=np.float32), 3)
+
+
+def test_score_locations_agrees_with_the_gallery(
+    gallery: GPSGallery, gallery_coords: np.ndarray, geoclip_location_encoder: LocationEncoder
+) -> None:
+    query = gallery.embeddings[42]
+    picks = [42, 7, 1500]
+    scores = score_locations(query, gallery_coords[picks], geoclip_location_encoder)
+    assert scores.shape == (3,)
+    np.testing.assert_allclose(scores, gallery.similarities(query)[picks], atol=1e-5)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_geoclip_source_is_the_shipped_100k_gallery() -> None:
+    coords = read_coordinates_csv(geoclip_gallery_csv())
+    assert coords.shape == (100_000, 2)
+    assert np.abs(coords[:, 0]).max() <= 90 and np.abs(coords[:, 1]).max() <= 180
+    assert GEOCLIP_GALLERY == "geoclip"
+
+
+# --- CSV validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header", ["lat,lon", "LAT,LON", "Latitude,Longitude", "lat,lng", " latitude , long "]
+)
+def test_csv_column_names_are_recognised(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "g.csv"
+    path.write_text(f"id,{header}\na,10.5,-20.25\nb,-45,190\n", encoding="utf-8")
+    coords = read_coordinates_csv(path)
+    np.testing.assert_allclose(coords, [[10.5, -20.25], [-45.0, -170.0]])
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "g.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x,y\n1,2\n", "no latitude column"),
+        ("lat,latitude,lon\n1,2,3\n", "several latitude columns"),
+        ("lat,lon\n", "has no rows"),
+        ("", "not a readable CSV"),
+        ("lat,lon\n1,2\n3,4\nnorth,5\n", "line 4"),
+        ("lat,lon\n1,2\n95,4\n", "line 3"),
+        ("lat,lon\n1,2\n3,\n", "line 3"),
+    ],
+)
+def test_bad_csv_raises_data_file_error_naming_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(DataFileError, match=message) as info:
+        read_coordinates_csv(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_value_message_quotes_it(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match="'north'"):
+        read_coordinates_csv(_write(tmp_path, "lat,lon\nnorth,5\n"))
+    with pytest.raises(DataFileError, match="latitude 95.0 is outside"):
+        read_coordinates_csv(_write(tmp_path, "lat,lon\n95,5\n"))
+
+
+def test_missing_csv_is_named(tmp_path: Path, geoclip_location_encoder: LocationEncoder) -> None:
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(DataFileError, match="does not exist") as info:
+        GPSGallery.load(str(missing), geoclip_location_encoder, cache_dir=None)
+    assert str(missing) in str(info.value)
