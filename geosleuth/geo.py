@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -205,7 +205,7 @@ class ReverseGeocoder:
         """The place hierarchy at one coordinate."""
         return self.lookup_many([(lat, lon)])[0]
 
-    def lookup_many(self, coords: Sequence[tuple[float, float]] | Iterable[tuple[float, float]]) -> list[Place]:
+    def lookup_many(self, coords: Iterable[tuple[float, float]]) -> list[Place]:
         """Places for many coordinates in one KD-tree query (10,000 points take about 15 ms)."""
         pts = [validate_coordinate(lat, lon) for lat, lon in coords]
         if not pts:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from geosleuth.index.encoders import LocationEncoder, geoclip_package_dir
 
 from geosleuth.config import expand_path
 from geosleuth.errors import DataFileError, InvalidCoordinateError
 from geosleuth.geo import validate_coordinate
+from geosleuth.index.encoders import LocationEncoder, geoclip_package_dir
 from geosleuth.types import GPSCandidate
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from geosleuth.config import EncoderConfig
+from geosleuth.errors import ConfigError, InvalidCoordinateError, ModelNotAvailableError
 from geosleuth.index import encoders
 from geosleuth.index.encoders import (
     ImageEmbeddings,
@@ -17,10 +21,6 @@ from geosleuth.index.encoders import (
     fingerprint_files,
     register_image_encoder,
 )
-from PIL import Image
-
-from geosleuth.config import EncoderConfig
-from geosleuth.errors import ConfigError, InvalidCoordinateError, ModelNotAvailableError
 from geosleuth.testing.photos import pattern_image
 from geosleuth.testing.tiny_clip import build_tiny_clip
 

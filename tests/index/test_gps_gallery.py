@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from geosleuth.errors import DataFileError
 from geosleuth.index.encoders import LocationEncoder
 from geosleuth.index.gps_gallery import (
     GEOCLIP_GALLERY,
@@ -18,8 +20,6 @@ from geosleuth.index.gps_gallery import (
     read_coordinates_csv,
     score_locations,
 )
-
-from geosleuth.errors import DataFileError
 
 GALLERY_SIZE = 2000
 
