@@ -50,13 +50,19 @@ class EncoderConfig(_Section):
 
 
 class IndexConfig(_Section):
-    gallery: Path | None = Field(None, description="image gallery store folder (geosleuth index build); none = GPS gallery + VLM only")
-    gps_gallery: str = Field("geoclip", description="'geoclip' (its shipped 100K coordinates) or a CSV with lat,lon columns")
+    gallery: Path | None = Field(
+        None, description="image gallery store folder (geosleuth index build); none = GPS gallery + VLM only"
+    )
+    gps_gallery: str = Field(
+        "geoclip", description="'geoclip' (its shipped 100K coordinates) or a CSV with lat,lon columns"
+    )
     cache_dir: Path = Field(Path("~/.cache/geosleuth"), description="cached GPS-gallery embeddings and sessions")
 
 
 class RetrievalConfig(_Section):
-    k_neighbors: int = Field(15, ge=0, description="similar gallery images retrieved (the largest prompt variant uses this many)")
+    k_neighbors: int = Field(
+        15, ge=0, description="similar gallery images retrieved (the largest prompt variant uses this many)"
+    )
     k_dissimilar: int = Field(5, ge=0, description="far-away gallery images used as negative context")
     k_gps: int = Field(20, ge=0, description="GPS-gallery candidates")
     exclude_authors: list[str] = Field(default_factory=list, description="gallery authors never retrieved")
@@ -73,7 +79,9 @@ class VLMConfig(_Section):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0)
     concurrency: int = Field(16, ge=1, description="requests in flight to the server")
-    max_image_pixels: int = Field(1024 * 1024, ge=64 * 64, description="images are downscaled to at most this many pixels")
+    max_image_pixels: int = Field(
+        1024 * 1024, ge=64 * 64, description="images are downscaled to at most this many pixels"
+    )
     max_new_tokens: int = Field(768, ge=16)
     temperature: float = Field(0.7, ge=0.0)
     samples_per_variant: int = Field(2, ge=1)

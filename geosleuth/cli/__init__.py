@@ -40,9 +40,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML config file (default: $GEOSLEUTH_CONFIG or ./geosleuth.toml)"),
-    set_: list[str] = typer.Option([], "--set", help="override one setting, e.g. --set vlm.backend=openai (repeatable)"),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML config file (default: $GEOSLEUTH_CONFIG or ./geosleuth.toml)"
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override one setting, e.g. --set vlm.backend=openai (repeatable)"
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     ctx.obj = CLIState(config_path=config, overrides=list(set_))
 
