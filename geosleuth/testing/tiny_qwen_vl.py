@@ -3,6 +3,8 @@
 Runnable as a script: ``python geosleuth/testing/tiny_qwen_vl.py OUT_DIR``. It needs only torch,
 transformers and tokenizers, because the vLLM test environment's python runs it too; so it imports
 nothing from geosleuth. The text attention head size is 32: vLLM's CPU attention refuses 16.
+Its output head favours JSON-closing tokens (``_bias_toward_json_closers``), so replies held to a
+JSON schema end after a few dozen tokens instead of hundreds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 TOKENIZER_VOCAB_SIZE = 640  # byte alphabet (256) + special tokens + merges
 MODEL_VOCAB_SIZE = 640  # the embedding matrix; >= the tokenizer's length
+JSON_CLOSER_BIAS = 5.0  # logit offset for tokens starting with " , } ] (see _bias_toward_json_closers)
 
 TEXT_HIDDEN = 128
 TEXT_HEADS = 4  # head size 128 / 4 = 32
@@ -71,9 +74,22 @@ CHAT_TEMPLATE = (
 )
 
 _PLACES = (
-    "Paris France", "Tokyo Japan", "Nairobi Kenya", "Lima Peru", "Oslo Norway", "Cairo Egypt",
-    "Sydney Australia", "Toronto Canada", "Mumbai India", "Berlin Germany", "Santiago Chile",
-    "Reykjavik Iceland", "Hanoi Vietnam", "Accra Ghana", "Quito Ecuador", "Lisbon Portugal",
+    "Paris France",
+    "Tokyo Japan",
+    "Nairobi Kenya",
+    "Lima Peru",
+    "Oslo Norway",
+    "Cairo Egypt",
+    "Sydney Australia",
+    "Toronto Canada",
+    "Mumbai India",
+    "Berlin Germany",
+    "Santiago Chile",
+    "Reykjavik Iceland",
+    "Hanoi Vietnam",
+    "Accra Ghana",
+    "Quito Ecuador",
+    "Lisbon Portugal",
 )
 _WORDS = (
     "the photo shows a street with signs in the local script and cars driving on the right",
@@ -94,9 +110,7 @@ def _training_corpus() -> list[str]:
         lon = round(-170 + 21.7 * i, 4)
         conf = round(0.05 + 0.06 * i, 2)
         lines.append(f"{city} is a city in {country}. {_WORDS[i % len(_WORDS)]}.")
-        lines.append(
-            json.dumps({"country": country, "latitude": lat, "longitude": lon, "confidence": conf})
-        )
+        lines.append(json.dumps({"country": country, "latitude": lat, "longitude": lon, "confidence": conf}))
         lines.append(f"Latitude {lat}, longitude {lon}; confidence {conf}. 0123456789 -+.,:;!?")
     lines.extend(_WORDS)
     lines.append('{"reasoning": "...", "candidates": [{"lat": 1.5, "lon": -2.25}], "null": null}')
@@ -213,6 +227,32 @@ def _save_processor(out_dir: Path, tokenizer: Any) -> None:
     processor.save_pretrained(out_dir)
 
 
+def _bias_toward_json_closers(model: Any, tokenizer: Any, bias: float) -> None:
+    """Add about ``bias`` to the logits of tokens that start with a quote, comma or closing bracket.
+
+    A random model picks almost uniformly among the tokens a JSON grammar allows, so it closes a
+    string only by chance (hundreds of tokens on average) and overruns any sane ``max_tokens``. With
+    this bias, strings and numbers end after a few tokens, as with a trained model. Mechanism: a
+    constant feature in hidden dimension 0 of every input embedding survives the two small layers
+    and the final norm; column 0 of the output head turns it into a per-token offset, calibrated
+    on a fixed text-only input.
+    """
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    vocab = tokenizer.get_vocab()
+    closers = [i for t, i in vocab.items() if t[:1] in ('"', ",", "}", "]") and i < head.shape[0]]
+    with torch.no_grad():
+        emb[:, 0] = 1.0
+        head[:, 0] = 0.0
+        probe = torch.arange(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 48).unsqueeze(0)
+        before = model(input_ids=probe).logits[0, :, closers]
+        head[closers, 0] = 1.0
+        unit = (model(input_ids=probe).logits[0, :, closers] - before).mean().item()
+        head[closers, 0] = bias / unit
+
+
 def build_tiny_qwen2_5_vl(out_dir: Path) -> Path:
     """Write a tiny random Qwen2.5-VL (config, safetensors, tokenizer, processor) to ``out_dir``.
 
@@ -227,6 +267,7 @@ def build_tiny_qwen2_5_vl(out_dir: Path) -> Path:
     config = build_config(tokenizer)
     torch.manual_seed(SEED)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    _bias_toward_json_closers(model, tokenizer, JSON_CLOSER_BIAS)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
