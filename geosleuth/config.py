@@ -69,10 +69,16 @@ class RetrievalConfig(_Section):
 
 
 class VLMConfig(_Section):
-    backend: Literal["transformers", "openai", "none"] = Field(
-        "transformers", description="transformers (in-process) | openai (vLLM or any OpenAI-compatible server) | none"
+    backend: Literal["transformers", "openai", "vllm", "none"] = Field(
+        "transformers",
+        description="transformers (in-process) | openai (vLLM or any OpenAI-compatible server) | vllm (in-process "
+        "vLLM engine, GPU) | none (retrieval only)",
     )
-    model: str = Field("HuggingFaceTB/SmolVLM2-2.2B-Instruct", description="in-process model (hub id or local dir)")
+    model: str = Field(
+        "llava-hf/llava-interleave-qwen-0.5b-hf",
+        description="in-process model (hub id or local dir); the default is a small LLaVA (SigLIP + Qwen 0.5B) "
+        "whose processor needs no torchvision, so it runs on CPU-only installs",
+    )
     server_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="model served by vLLM / the server")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL")
     api_key_env: str = Field("GEOSLEUTH_VLM_API_KEY", description="environment variable holding the server's API key")

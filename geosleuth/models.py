@@ -28,7 +28,9 @@ def configured_models(config: Config) -> list[ModelRef]:
     if config.vlm.backend == "transformers":
         refs.append(ModelRef("VLM (in-process)", config.vlm.model))
     elif config.vlm.backend == "openai":
-        refs.append(ModelRef("VLM (server)", config.vlm.server_model))
+        refs.append(ModelRef("VLM (served; pull it on the server's machine)", config.vlm.server_model))
+    elif config.vlm.backend == "vllm":
+        refs.append(ModelRef("VLM (in-process vLLM engine)", config.vlm.server_model))
     return refs
 
 

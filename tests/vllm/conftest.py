@@ -94,7 +94,7 @@ def vllm_server(
         host="127.0.0.1",
         port=0,
         served_model_name=SERVED_NAME,
-        max_model_len=1024,
+        max_model_len=4096,
         images_per_prompt=1,
         dtype="float32",
         extra_args=["--enforce-eager", "--seed", "0"],

@@ -1,0 +1,370 @@
+"""The reason stage: ask the VLM where the photo was taken, several ways, and keep every answer honest.
+
+One prompt per G3-style variant (the same question with 0 / 5 / 10 / 15 retrieved neighbours,
+``config.prompts.neighbor_counts``, capped by what retrieval found; duplicates skipped), all
+variants concurrently, ``config.vlm.samples_per_variant`` samples each. Every reply is validated
+against :class:`~geosleuth.prompts.schema.GeoAnswer`; an invalid reply is re-asked once with the
+validation error, and if that fails too it becomes a :class:`ReasoningFailure` with the raw text
+kept. No coordinate is ever invented: missing or out-of-range coordinates are failures.
+
+A request the backend could not serve (server down after retries, refused request) becomes failure
+records, so the pipeline can still answer from retrieval; a misconfiguration (model missing, bad
+API key) raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from geosleuth.errors import ConfigError, VLMError
+from geosleuth.prompts.render import PromptTemplate, load_template, render
+from geosleuth.prompts.schema import (
+    SCHEMA_NAME,
+    AnswerParseError,
+    GeoAnswer,
+    answer_json_schema,
+    answer_skeleton,
+    parse_answer,
+)
+from geosleuth.types import (
+    Clue,
+    GalleryNeighbor,
+    GPSCandidate,
+    Hypothesis,
+    Place,
+    Prediction,
+    PromptRecord,
+    ReasoningFailure,
+    ReasoningResult,
+    RetrievalResult,
+)
+from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest, VLMRequestError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from geosleuth.config import Config
+    from geosleuth.geo import ReverseGeocoder
+
+REPAIR_TEMPLATE_ID = "answer_repair"
+# A bad reply is quoted back in the repair turn; a runaway one is cut so the repair still fits.
+MAX_ECHOED_REPLY_CHARS = 4000
+FOLLOWUP_CANDIDATES = 5
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """How much retrieved context one prompt shows (the first ``n_*`` items of each list)."""
+
+    name: str
+    n_neighbors: int
+    n_dissimilar: int
+    n_gps: int
+
+
+def plan_variants(
+    retrieval: RetrievalResult, neighbor_counts: Sequence[int], *, include_dissimilar: bool
+) -> list[PromptVariant]:
+    """One variant per requested count, capped by what was retrieved; identical variants once.
+
+    A count ``k`` shows up to ``k`` similar neighbours, ``k`` GPS-gallery candidates and (when
+    ``include_dissimilar``) ``k`` dissimilar neighbours; its name is ``neighbors-<shown>``.
+    """
+    if not neighbor_counts:
+        raise ConfigError("prompts.neighbor_counts is empty; give at least one count, e.g. [0, 5, 10, 15]")
+    variants: list[PromptVariant] = []
+    seen: set[tuple[int, int, int]] = set()
+    for k in neighbor_counts:
+        if k < 0:
+            raise ConfigError(f"prompts.neighbor_counts has a negative count ({k}); counts are >= 0")
+        shown = (
+            min(k, len(retrieval.neighbors)),
+            min(k, len(retrieval.dissimilar)) if include_dissimilar else 0,
+            min(k, len(retrieval.gps_candidates)),
+        )
+        if shown in seen:
+            continue
+        seen.add(shown)
+        variants.append(PromptVariant(f"neighbors-{max(shown[0], shown[2])}", *shown))
+    return variants
+
+
+def _place_labels(items: Sequence[GalleryNeighbor | GPSCandidate], geocoder: ReverseGeocoder) -> list[str]:
+    """Each item's place hierarchy: its own ``place`` when retrieval set one, else reverse-geocoded."""
+    known: list[Place | None] = [getattr(item, "place", None) for item in items]
+    missing = [i for i, place in enumerate(known) if place is None]
+    looked_up = geocoder.lookup_many([(items[i].lat, items[i].lon) for i in missing])
+    for i, place in zip(missing, looked_up, strict=True):
+        known[i] = place
+    return [place.hierarchy() if place is not None else "unknown place" for place in known]
+
+
+def _context_rows(items: Sequence[GalleryNeighbor | GPSCandidate], labels: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"lat": item.lat, "lon": item.lon, "similarity": item.similarity, "place": label}
+        for item, label in zip(items, labels, strict=True)
+    ]
+
+
+def _clean(text: str | None) -> str | None:
+    text = (text or "").strip()
+    return text or None
+
+
+@dataclass
+class _Outcome:
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    failures: list[ReasoningFailure] = field(default_factory=list)
+    prompts: list[PromptRecord] = field(default_factory=list)
+    raw_replies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Reasoner:
+    """Everything one ``reason`` call shares between its variants."""
+
+    image: Image.Image
+    backend: VLMBackend
+    geocoder: ReverseGeocoder
+    template: PromptTemplate
+    repair_template: PromptTemplate
+    json_schema: dict[str, Any]
+    answer_format: str
+    samples: int
+    temperature: float
+    max_tokens: int
+
+    def request(self, messages: list[ChatMessage], n: int) -> VLMRequest:
+        return VLMRequest(
+            messages=messages,
+            json_schema=self.json_schema,
+            n=n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            schema_name=SCHEMA_NAME,
+        )
+
+    def record(self, template: PromptTemplate, variant: str, rendered: str) -> PromptRecord:
+        return PromptRecord(
+            template_id=template.id,
+            template_hash=template.sha256,
+            variant=variant,
+            model=self.backend.model_id,
+            rendered=rendered,
+        )
+
+    def failure(
+        self, template: PromptTemplate, variant: str, index: int, error: str, raw: str | None
+    ) -> ReasoningFailure:
+        return ReasoningFailure(
+            variant=variant,
+            template_id=template.id,
+            template_hash=template.sha256,
+            model=self.backend.model_id,
+            error=error,
+            raw_text=raw,
+            sample_index=index,
+        )
+
+    def hypothesis(
+        self, answer: GeoAnswer, raw: str, template: PromptTemplate, variant: str, index: int
+    ) -> Hypothesis:
+        return Hypothesis(
+            clues=[Clue(observation=c.observation, implication=c.implication) for c in answer.clues],
+            continent=_clean(answer.continent),
+            country=_clean(answer.country),
+            country_code=self.geocoder.country_code(answer.country),
+            region=_clean(answer.region),
+            city=_clean(answer.city),
+            lat=answer.latitude,
+            lon=answer.longitude,
+            confidence=answer.confidence,
+            raw_text=raw,
+            template_id=template.id,
+            template_hash=template.sha256,
+            model=self.backend.model_id,
+            variant=variant,
+            sample_index=index,
+        )
+
+    async def run_variant(self, variant: str, prompt: str) -> _Outcome:
+        outcome = _Outcome(prompts=[self.record(self.template, variant, prompt)])
+        question = ChatMessage("user", prompt, [self.image])
+        try:
+            texts = await self.backend.generate(self.request([question], self.samples))
+        except VLMRequestError as exc:
+            for index in range(self.samples):
+                outcome.failures.append(
+                    self.failure(self.template, variant, index, f"VLM request failed: {exc}", None)
+                )
+            return outcome
+        outcome.raw_replies.extend(texts)
+        repairs: list[tuple[int, str, str]] = []  # (sample index, reply, why it is invalid)
+        for index, text in enumerate(texts):
+            try:
+                outcome.hypotheses.append(self.hypothesis(parse_answer(text), text, self.template, variant, index))
+            except AnswerParseError as exc:
+                repairs.append((index, text, str(exc)))
+        for index in range(len(texts), self.samples):
+            outcome.failures.append(
+                self.failure(
+                    self.template, variant, index,
+                    f"the backend returned {len(texts)} of {self.samples} samples", None,
+                )
+            )
+        results = await asyncio.gather(
+            *(self.repair(question, variant, index, text, error) for index, text, error in repairs)
+        )
+        for repaired in results:
+            outcome.prompts.extend(repaired.prompts)
+            outcome.raw_replies.extend(repaired.raw_replies)
+            outcome.hypotheses.extend(repaired.hypotheses)
+            outcome.failures.extend(repaired.failures)
+        outcome.hypotheses.sort(key=lambda h: h.sample_index)
+        outcome.failures.sort(key=lambda f: f.sample_index)
+        return outcome
+
+    async def repair(self, question: ChatMessage, variant: str, index: int, reply: str, error: str) -> _Outcome:
+        """Re-ask once, quoting the validation error; a second invalid reply is a failure."""
+        prompt = render(self.repair_template, error=error, answer_format=self.answer_format)
+        outcome = _Outcome(prompts=[self.record(self.repair_template, variant, prompt)])
+        messages = [question, ChatMessage("assistant", reply[:MAX_ECHOED_REPLY_CHARS]), ChatMessage("user", prompt)]
+        try:
+            texts = await self.backend.generate(self.request(messages, 1))
+        except VLMRequestError as exc:
+            outcome.failures.append(
+                self.failure(
+                    self.template, variant, index,
+                    f"invalid answer: {error}; the repair request failed: {exc}", reply,
+                )
+            )
+            return outcome
+        second = texts[0] if texts else ""
+        outcome.raw_replies.append(second)
+        try:
+            answer = parse_answer(second)
+        except AnswerParseError as exc:
+            outcome.failures.append(
+                self.failure(
+                    self.template, variant, index,
+                    f"invalid answer: {error}; still invalid after one repair: {exc}", reply,
+                )
+            )
+            return outcome
+        outcome.hypotheses.append(self.hypothesis(answer, second, self.repair_template, variant, index))
+        return outcome
+
+
+async def reason(
+    image: Image.Image,
+    retrieval: RetrievalResult,
+    backend: VLMBackend,
+    config: Config,
+    geocoder: ReverseGeocoder,
+) -> ReasoningResult:
+    """Hypotheses (and failures, with raw text) from every prompt variant and sample.
+
+    Hypotheses that came out of a repair turn carry the repair template's id and hash; the
+    original prompt and the repair prompt are both in ``prompts``. ``raw_replies`` holds every
+    reply in order: per variant, the samples, then the repair replies.
+    """
+    variants = plan_variants(
+        retrieval, config.prompts.neighbor_counts, include_dissimilar=config.prompts.include_dissimilar
+    )
+    template = load_template(config.prompts.reasoning_template)
+    reasoner = _Reasoner(
+        image=image,
+        backend=backend,
+        geocoder=geocoder,
+        template=template,
+        repair_template=load_template(REPAIR_TEMPLATE_ID),
+        json_schema=answer_json_schema(),
+        answer_format=answer_skeleton(),
+        # At temperature 0 every sample would be the same answer: ask once.
+        samples=config.vlm.samples_per_variant if config.vlm.temperature > 0 else 1,
+        temperature=config.vlm.temperature,
+        max_tokens=config.vlm.max_new_tokens,
+    )
+    neighbors = _context_rows(retrieval.neighbors, _place_labels(retrieval.neighbors, geocoder))
+    dissimilar = _context_rows(retrieval.dissimilar, _place_labels(retrieval.dissimilar, geocoder))
+    gps = _context_rows(retrieval.gps_candidates, _place_labels(retrieval.gps_candidates, geocoder))
+    prompts = [
+        render(
+            template,
+            neighbors=neighbors[: v.n_neighbors],
+            dissimilar=dissimilar[: v.n_dissimilar],
+            gps_candidates=gps[: v.n_gps],
+            answer_format=reasoner.answer_format,
+        )
+        for v in variants
+    ]
+    outcomes = await asyncio.gather(
+        *(reasoner.run_variant(v.name, prompt) for v, prompt in zip(variants, prompts, strict=True)),
+        return_exceptions=True,  # let every variant finish before a misconfiguration error propagates
+    )
+    result = ReasoningResult()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        result.hypotheses.extend(outcome.hypotheses)
+        result.failures.extend(outcome.failures)
+        result.prompts.extend(outcome.prompts)
+        result.raw_replies.extend(outcome.raw_replies)
+    return result
+
+
+async def answer_followup(
+    backend: VLMBackend,
+    image: Image.Image | None,
+    prediction: Prediction,
+    question: str,
+    *,
+    config: Config,
+    history: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The VLM's plain-text answer to a user's question about an earlier result.
+
+    ``history`` holds earlier (question, answer) turns of the same conversation, oldest first; the
+    first turn carries the result summary (template ``config.prompts.chat_template``) and the image.
+    Backend errors propagate (the chat shows them); an empty reply raises :class:`VLMError`.
+    """
+    if not question.strip():
+        raise VLMError("the question is empty; type a question about the result")
+    template = load_template(config.prompts.chat_template)
+    candidates = [
+        {
+            "lat": c.lat,
+            "lon": c.lon,
+            "place": c.place.hierarchy() if c.place else None,
+            "source": c.source.value,
+            "confidence": c.confidence,
+        }
+        for c in prediction.alternatives[:FOLLOWUP_CANDIDATES]
+    ]
+    turns = [*history, (question, "")]
+    first = render(
+        template,
+        prediction=prediction,
+        place=prediction.place.hierarchy() if prediction.place else None,
+        clues=prediction.clues,
+        candidates=candidates,
+        question=turns[0][0],
+    )
+    messages = [ChatMessage("user", first, [image] if image is not None else [])]
+    for index, (asked, answered) in enumerate(turns):
+        if index:
+            messages.append(ChatMessage("user", asked))
+        if answered:
+            messages.append(ChatMessage("assistant", answered))
+    request = VLMRequest(
+        messages=messages, json_schema=None, n=1, temperature=config.vlm.temperature,
+        max_tokens=config.vlm.max_new_tokens,
+    )
+    texts = await backend.generate(request)
+    answer = texts[0].strip() if texts else ""
+    if not answer:
+        raise VLMError(f"the VLM ({backend.model_id}) returned an empty answer; ask again or rephrase the question")
+    return answer

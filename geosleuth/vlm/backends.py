@@ -1,0 +1,137 @@
+"""The one interface every VLM backend implements, the request types, and ``create_backend``.
+
+A backend turns a chat (text + images), an optional JSON schema, a sample count and a temperature
+into raw reply texts. It never parses or repairs answers: that is the reason stage's job, the same
+for every backend.
+
+Errors a backend raises:
+
+- :class:`VLMRequestError` (and its subclasses): this request got no usable reply (server down
+  after retries, timeouts, 5xx, a request the server refused). Other requests may still succeed;
+  the reason stage records these as failures and the pipeline carries on.
+- any other :class:`~geosleuth.errors.GeosleuthError` (``VLMError``, ``ModelNotAvailableError``,
+  ``ConfigError``): a misconfiguration (model missing, wrong API key, unknown served model) that
+  every request would hit, so it propagates.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from geosleuth.errors import ConfigError, VLMError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from geosleuth.config import VLMConfig
+
+Role = Literal["system", "user", "assistant"]
+
+
+class VLMRequestError(VLMError):
+    """One request got no usable reply; other requests may still work (recorded, not raised, by reason)."""
+
+
+class VLMUnavailableError(VLMRequestError):
+    """No reply after all attempts: connection refused, timeouts, or server errors (5xx)."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(message)
+
+
+class VLMRejectedError(VLMRequestError):
+    """The server refused this request (HTTP 4xx other than auth / unknown model), e.g. prompt too long."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+@dataclass
+class ChatMessage:
+    role: Role
+    text: str
+    images: list[Image.Image] = field(default_factory=list)  # shown before the text
+
+
+@dataclass
+class VLMRequest:
+    messages: list[ChatMessage]
+    json_schema: dict[str, Any] | None = None  # force replies into this schema where the backend can
+    n: int = 1  # samples wanted
+    temperature: float = 0.7
+    max_tokens: int = 768
+    schema_name: str = "answer"  # the name a structured-output server is told
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise ValueError("a VLM request needs at least one message")
+        if self.n < 1:
+            raise ValueError(f"a VLM request needs n >= 1 samples (got {self.n})")
+        if self.max_tokens < 1:
+            raise ValueError(f"a VLM request needs max_tokens >= 1 (got {self.max_tokens})")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (got {self.temperature})")
+
+
+@runtime_checkable
+class VLMBackend(Protocol):
+    """Anything that answers VLM requests. ``model_id`` is recorded in every hypothesis and trace."""
+
+    model_id: str
+
+    async def generate(self, request: VLMRequest) -> list[str]:
+        """``request.n`` raw reply texts (fewer only if the backend could not produce more)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections / memory held by the backend."""
+        ...
+
+
+def downscale_image(image: Image.Image, max_pixels: int) -> Image.Image:
+    """RGB copy of ``image`` with at most ``max_pixels`` pixels (aspect ratio kept; never upscaled)."""
+    from PIL import Image as PILImage
+
+    out = image.convert("RGB") if image.mode != "RGB" else image
+    width, height = out.size
+    if width * height > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        out = out.resize(size, PILImage.Resampling.LANCZOS)
+    return out
+
+
+def image_data_url(image: Image.Image, *, quality: int = 90) -> str:
+    """``data:image/jpeg;base64,...`` for an RGB image (JPEG: a tenth of PNG's size for photos)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def create_backend(vlm_config: VLMConfig) -> VLMBackend:
+    """The backend ``vlm_config.backend`` names. The in-process ones load their model here, once."""
+    kind = vlm_config.backend
+    if kind == "openai":
+        from geosleuth.vlm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(vlm_config)
+    if kind == "transformers":
+        from geosleuth.vlm.transformers_backend import TransformersBackend
+
+        return TransformersBackend(vlm_config)
+    if kind == "vllm":
+        from geosleuth.vlm.vllm_engine import VLLMEngineBackend
+
+        return VLLMEngineBackend(vlm_config)
+    if kind == "none":
+        raise ConfigError(
+            "vlm.backend is 'none', so there is no VLM to ask; set vlm.backend to 'transformers' "
+            "(in-process) or 'openai' (a server such as `geosleuth vlm serve`)"
+        )
+    raise ConfigError(f"vlm.backend {kind!r} is not known; use transformers, openai or none")

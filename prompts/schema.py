@@ -1,0 +1,179 @@
+"""The answer schema, defined once: used to ask the VLM for JSON and to validate what comes back.
+
+``GeoAnswer`` is the hierarchical answer (clues first, then continent > country > region > city,
+then a coordinate and a confidence). :func:`answer_json_schema` turns it into a JSON schema that
+strict structured-output servers accept (every object closed, every property required, refs
+inlined); :func:`parse_answer` validates a raw reply against the same model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_NAME = "geo_answer"
+# Length bounds: generous for real answers, and they stop a weak model (or a random test model)
+# from filling a string until max_tokens runs out under constrained decoding.
+MAX_CLUES = 8
+MAX_CLUE_CHARS = 200
+MAX_NAME_CHARS = 80
+
+
+def _clip_text(value: object, limit: int) -> object:
+    """Over-long text (and extra clues) are clipped, not rejected: the bounds guide generation, and
+    servers may count characters differently (broken UTF-8 decodes to extra replacement characters)."""
+    return value[:limit] if isinstance(value, str) else value
+
+
+class GeoClue(BaseModel):
+    # extra="ignore": a reply with an extra key is still a usable answer (strict servers never add one).
+    model_config = ConfigDict(extra="ignore")
+
+    observation: str = Field(max_length=MAX_CLUE_CHARS, description="something visible in the photo")
+    implication: str = Field(max_length=MAX_CLUE_CHARS, description="what it says about the location")
+
+    @field_validator("observation", "implication", mode="before")
+    @classmethod
+    def _clip(cls, value: object) -> object:
+        return _clip_text(value, MAX_CLUE_CHARS)
+
+
+class GeoAnswer(BaseModel):
+    """One answer from the VLM. Field order is the order of reasoning (clues before the coordinate)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    clues: list[GeoClue] = Field(max_length=MAX_CLUES, description="visible clues, most telling first")
+    continent: str = Field(max_length=MAX_NAME_CHARS)
+    country: str = Field(max_length=MAX_NAME_CHARS)
+    region: str | None = Field(max_length=MAX_NAME_CHARS, description="state / province / region, null when unknown")
+    city: str | None = Field(max_length=MAX_NAME_CHARS, description="city or nearest town, null when unknown")
+    latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
+    longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="0 = a guess, 1 = certain")
+
+    @field_validator("continent", "country", "region", "city", mode="before")
+    @classmethod
+    def _clip(cls, value: object) -> object:
+        return _clip_text(value, MAX_NAME_CHARS)
+
+    @field_validator("clues", mode="before")
+    @classmethod
+    def _first_clues(cls, value: object) -> object:
+        return value[:MAX_CLUES] if isinstance(value, list) else value
+
+
+class AnswerParseError(ValueError):
+    """A reply is not a valid :class:`GeoAnswer`; the message says what is wrong, briefly."""
+
+
+# Schema keywords pydantic emits that strict structured-output servers reject or do not need.
+_DROPPED_KEYWORDS = ("title", "default")
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            return _inline_refs(copy.deepcopy(defs[name]), defs)
+        return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    return node
+
+
+def _make_strict(node: Any) -> Any:
+    """Close every object, require every property, drop titles/defaults (schema keywords only)."""
+    if isinstance(node, list):
+        return [_make_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYWORDS:
+            continue
+        if key == "properties":
+            # A mapping of property name -> schema: names are data, not keywords.
+            out[key] = {name: _make_strict(sub) for name, sub in value.items()}
+        else:
+            out[key] = _make_strict(value)
+    if out.get("type") == "object" and "properties" in out:
+        out["additionalProperties"] = False
+        out["required"] = list(out["properties"])
+    return out
+
+
+def answer_json_schema() -> dict[str, Any]:
+    """GeoAnswer as a strict-mode JSON schema (a fresh dict on every call; callers may keep it)."""
+    raw = GeoAnswer.model_json_schema()
+    raw.pop("description", None)  # the class docstring is for developers, not for the model
+    return _make_strict(_inline_refs(raw, raw.get("$defs", {})))
+
+
+def _skeleton(node: dict[str, Any]) -> str:
+    if "anyOf" in node:
+        return " or ".join(_skeleton(option) for option in node["anyOf"])
+    kind = node.get("type")
+    if kind == "object":
+        fields = ", ".join(f'"{name}": {_skeleton(sub)}' for name, sub in node["properties"].items())
+        return "{" + fields + "}"
+    if kind == "array":
+        return "[" + _skeleton(node["items"]) + ", ...]"
+    if kind == "null":
+        return "null"
+    if kind in ("number", "integer"):
+        low, high = node.get("minimum"), node.get("maximum")
+        return f"<number {low:g} to {high:g}>" if low is not None and high is not None else "<number>"
+    return f"<{kind}>"
+
+
+def answer_skeleton() -> str:
+    """A compact one-line picture of the JSON answer, derived from the schema, for prompts."""
+    return _skeleton(answer_json_schema())
+
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+
+
+def _reject_constant(name: str) -> Any:
+    raise AnswerParseError(f"the reply contains {name}, which is not a JSON number")
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "answer"
+        if item["type"] == "missing":
+            problems.append(f"{where}: missing")
+        else:
+            problems.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(problems)
+
+
+def parse_answer(text: str) -> GeoAnswer:
+    """Validate one raw reply. Raises AnswerParseError (short reason) when it is not a GeoAnswer.
+
+    Accepts the bare JSON object or one fenced block (```json ... ```). Strings may contain raw
+    control characters (vLLM's xgrammar emits them), so JSON is parsed with ``strict=False``.
+    Nothing is scraped from prose: a reply that is not JSON is invalid.
+    """
+    body = text.strip()
+    if not body:
+        raise AnswerParseError("the reply is empty")
+    fenced = _FENCE.findall(body)
+    if len(fenced) == 1:
+        body = fenced[0].strip()
+    try:
+        data = json.loads(body, strict=False, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise AnswerParseError(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise AnswerParseError(f"the reply is JSON but not an object (got {type(data).__name__})")
+    try:
+        return GeoAnswer.model_validate(data)
+    except ValidationError as exc:
+        raise AnswerParseError(_describe(exc)) from None

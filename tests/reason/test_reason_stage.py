@@ -1,0 +1,218 @@
+"""The reason stage with a scripted backend: variants, parsing, one repair, failures, trace records."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from geosleuth.agent.reason import answer_followup, plan_variants, reason
+from geosleuth.errors import ConfigError, ModelNotAvailableError, VLMError
+from geosleuth.prompts.render import load_template
+from geosleuth.types import (
+    Candidate,
+    CandidateSource,
+    Clue,
+    GalleryNeighbor,
+    GPSCandidate,
+    ImageRef,
+    Place,
+    Prediction,
+    RetrievalResult,
+)
+from geosleuth.vlm.backends import VLMUnavailableError
+
+ONE_VARIANT = {"prompts.neighbor_counts": [0], "vlm.samples_per_variant": 1}
+
+
+def _retrieval(n_neighbors: int = 3, n_dissimilar: int = 2, n_gps: int = 3) -> RetrievalResult:
+    return RetrievalResult(
+        neighbors=[
+            GalleryNeighbor(id=f"n{i}", lat=35.0 + i, lon=139.0 + i, similarity=0.9 - 0.1 * i)
+            for i in range(n_neighbors)
+        ],
+        dissimilar=[
+            GalleryNeighbor(
+                id=f"d{i}", lat=-33.87, lon=151.21, similarity=0.05,
+                place=Place(continent="Oceania", country="Australia", city=f"Testplace{i}"),
+            )
+            for i in range(n_dissimilar)
+        ],
+        gps_candidates=[GPSCandidate(lat=48.0 + i, lon=2.0 + i, similarity=0.5) for i in range(n_gps)],
+    )
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_variants_are_capped_by_what_was_retrieved_and_deduplicated() -> None:
+    variants = plan_variants(_retrieval(3, 2, 1), [0, 5, 10, 15], include_dissimilar=True)
+    assert [v.name for v in variants] == ["neighbors-0", "neighbors-3"]
+    assert (variants[1].n_neighbors, variants[1].n_dissimilar, variants[1].n_gps) == (3, 2, 1)
+    assert (variants[0].n_neighbors, variants[0].n_dissimilar, variants[0].n_gps) == (0, 0, 0)
+    # Nothing retrieved: every count collapses to the zero-shot prompt, asked once.
+    assert [v.name for v in plan_variants(RetrievalResult(), [0, 5, 10], include_dissimilar=True)] == ["neighbors-0"]
+    # GPS candidates alone (no image gallery) still give retrieval-augmented variants.
+    only_gps = plan_variants(_retrieval(0, 0, 20), [0, 5, 10], include_dissimilar=True)
+    assert [(v.name, v.n_gps) for v in only_gps] == [("neighbors-0", 0), ("neighbors-5", 5), ("neighbors-10", 10)]
+    assert plan_variants(_retrieval(), [5], include_dissimilar=False)[0].n_dissimilar == 0
+    with pytest.raises(ConfigError):
+        plan_variants(_retrieval(), [], include_dissimilar=True)
+    with pytest.raises(ConfigError):
+        plan_variants(_retrieval(), [-1], include_dissimilar=True)
+
+
+def test_valid_replies_become_hypotheses_with_full_provenance(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0, 2], "vlm.samples_per_variant": 2})
+    backend = doubles.ScriptedBackend(
+        [lambda r: [doubles.answer_json(), doubles.answer_json(country="United States of America")]] * 2
+    )
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    template = load_template("geo_reasoning")
+    assert not result.failures
+    assert len(result.hypotheses) == 4 and len(result.raw_replies) == 4
+    assert {(h.variant, h.sample_index) for h in result.hypotheses} == {
+        ("neighbors-0", 0), ("neighbors-0", 1), ("neighbors-2", 0), ("neighbors-2", 1),
+    }
+    for h in result.hypotheses:
+        assert (h.template_id, h.template_hash, h.model) == ("geo_reasoning", template.sha256, "scripted-vlm")
+        assert (h.lat, h.lon) == pytest.approx((48.8566, 2.3522))
+        assert h.raw_text in result.raw_replies
+    assert sorted(h.country_code for h in result.hypotheses) == ["FR", "FR", "US", "US"]  # names -> ISO codes
+    # Each request: the image, the schema, n samples.
+    for request in backend.requests:
+        assert request.n == 2 and request.json_schema is not None
+        assert request.messages[0].images == [image]
+    # Prompt records: one per variant, with the rendered text.
+    assert [(p.variant, p.template_id) for p in result.prompts] == [
+        ("neighbors-0", "geo_reasoning"), ("neighbors-2", "geo_reasoning"),
+    ]
+    zero_shot, rag = (p.rendered for p in result.prompts)
+    assert "35.0000, 139.0000" not in zero_shot
+    assert "35.0000, 139.0000" in rag and "36.0000, 140.0000" in rag and "37.0000" not in rag  # capped at 2
+    assert "Japan" in rag  # neighbours without a place are reverse-geocoded
+    assert "Testplace0" in rag  # a place retrieval already set is used as is
+    assert "48.0000, 2.0000" in rag  # GPS-gallery candidates
+
+
+def test_garbage_then_repaired_gives_a_hypothesis_from_the_repair_turn(doubles, image, geocoder, make_config) -> None:
+    backend = doubles.ScriptedBackend([["I think it is Paris."], [doubles.answer_json(latitude=40.0)]])
+    result = _run(reason(image, RetrievalResult(), backend, make_config(**ONE_VARIANT), geocoder))
+    assert not result.failures
+    [hypothesis] = result.hypotheses
+    assert hypothesis.lat == 40.0
+    assert hypothesis.template_id == "answer_repair"  # the prompt that produced it
+    assert [p.template_id for p in result.prompts] == ["geo_reasoning", "answer_repair"]
+    assert result.raw_replies == ["I think it is Paris.", doubles.answer_json(latitude=40.0)]
+    repair = backend.requests[1]
+    assert [m.role for m in repair.messages] == ["user", "assistant", "user"]
+    assert repair.messages[0].images == [image]
+    assert repair.messages[1].text == "I think it is Paris."
+    assert "not valid JSON" in repair.messages[2].text  # the validation error is quoted
+    assert repair.n == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "expected_error"),
+    [
+        ("no json here", "not valid JSON"),
+        ("missing", "latitude: missing"),
+        ("out-of-range", "latitude"),
+    ],
+)
+def test_invalid_twice_is_a_failure_with_the_raw_text(
+    doubles, image, geocoder, make_config, first, expected_error
+) -> None:
+    replies = {
+        "no json here": "no json here",
+        "missing": doubles.answer_json(latitude=...),
+        "out-of-range": doubles.answer_json(latitude=91.5),
+    }
+    bad = replies[first]
+    backend = doubles.ScriptedBackend([[bad], ["still {not json"]])
+    result = _run(reason(image, RetrievalResult(), backend, make_config(**ONE_VARIANT), geocoder))
+    assert result.hypotheses == []  # never a default point such as (0, 0)
+    [failure] = result.failures
+    assert failure.raw_text == bad
+    assert expected_error in failure.error and "after one repair" in failure.error
+    assert (failure.variant, failure.sample_index, failure.template_id) == ("neighbors-0", 0, "geo_reasoning")
+    assert len(backend.requests) == 2  # exactly one repair attempt
+    assert result.raw_replies == [bad, "still {not json"]
+
+
+def test_only_invalid_samples_are_repaired(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0], "vlm.samples_per_variant": 3})
+    backend = doubles.ScriptedBackend(
+        [[doubles.answer_json(), "garbage", doubles.answer_json(longitude=10.0)], ["more garbage"]]
+    )
+    result = _run(reason(image, RetrievalResult(), backend, config, geocoder))
+    assert [h.sample_index for h in result.hypotheses] == [0, 2]
+    assert [f.sample_index for f in result.failures] == [1]
+    assert len(backend.requests) == 2
+
+
+def test_server_down_becomes_failures_for_every_sample(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0, 5], "vlm.samples_per_variant": 2})
+    down = VLMUnavailableError("no answer from the VLM server at http://127.0.0.1:1/v1 after 4 attempt(s)", 4)
+    backend = doubles.ScriptedBackend([down, [doubles.answer_json(), doubles.answer_json()]])
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    assert len(result.hypotheses) == 2
+    assert len(result.failures) == 2
+    assert {f.variant for f in result.failures} == {"neighbors-0"}  # variants run in order of the config
+    assert all("no answer from the VLM server" in f.error and f.raw_text is None for f in result.failures)
+
+
+def test_misconfiguration_raises(doubles, image, geocoder, make_config) -> None:
+    backend = doubles.ScriptedBackend([VLMError("the VLM server does not serve model 'x'")])
+    with pytest.raises(VLMError, match="does not serve"):
+        _run(reason(image, RetrievalResult(), backend, make_config(**ONE_VARIANT), geocoder))
+    backend = doubles.ScriptedBackend([ModelNotAvailableError("model 'x' is not on this machine")])
+    with pytest.raises(ModelNotAvailableError):
+        _run(reason(image, RetrievalResult(), backend, make_config(**ONE_VARIANT), geocoder))
+
+
+def test_unknown_reasoning_template_is_a_config_error(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.reasoning_template": "nope"})
+    with pytest.raises(ConfigError, match="nope"):
+        _run(reason(image, RetrievalResult(), doubles.ScriptedBackend([]), config, geocoder))
+
+
+def test_temperature_zero_asks_for_one_sample(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0], "vlm.samples_per_variant": 4, "vlm.temperature": 0.0})
+    backend = doubles.ScriptedBackend([[doubles.answer_json()]])
+    result = _run(reason(image, RetrievalResult(), backend, config, geocoder))
+    assert backend.requests[0].n == 1 and len(result.hypotheses) == 1
+
+
+def test_followup_answers_from_the_prediction(doubles, image, make_config) -> None:
+    prediction = Prediction(
+        image=ImageRef(path="photo.jpg"),
+        lat=48.85, lon=2.35, confidence=0.4,
+        place=Place(continent="Europe", country="France", city="Paris"),
+        clues=[Clue(observation="blue street sign", implication="Paris")],
+        alternatives=[Candidate(lat=45.76, lon=4.84, source=CandidateSource.VLM, confidence=0.2)],
+    )
+    backend = doubles.ScriptedBackend([["  Because of the street sign.  "], ["Lyon is less likely."]])
+    config = make_config()
+    answer = _run(answer_followup(backend, image, prediction, "Why Paris?", config=config))
+    assert answer == "Because of the street sign."
+    [message] = backend.requests[0].messages
+    assert message.images == [image] and backend.requests[0].json_schema is None
+    for expected in ("48.8500, 2.3500", "Europe > France > Paris", "blue street sign", "45.7600, 4.8400", "Why Paris?"):
+        assert expected in message.text
+    again = _run(
+        answer_followup(backend, image, prediction, "And Lyon?", config=config, history=[("Why Paris?", answer)])
+    )
+    assert again == "Lyon is less likely."
+    assert [m.role for m in backend.requests[1].messages] == ["user", "assistant", "user"]
+    assert backend.requests[1].messages[2].text == "And Lyon?"
+
+
+def test_followup_empty_reply_is_an_error(doubles, image, make_config) -> None:
+    prediction = Prediction(image=ImageRef(path="p.jpg"), failure_reason="no candidates")
+    backend = doubles.ScriptedBackend([["   "]])
+    with pytest.raises(VLMError, match="empty answer"):
+        _run(answer_followup(backend, None, prediction, "Where?", config=make_config()))
+    assert backend.requests[0].messages[0].images == []
+    assert "no candidates" in backend.requests[0].messages[0].text
