@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from geosleuth.config import Config, load_config
 from geosleuth.errors import GeosleuthError
@@ -53,7 +54,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except GeosleuthError as exc:
-        err_console().print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Text, not markup: paths and model text may contain "[" that rich would eat.
+        err_console().print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
 
 

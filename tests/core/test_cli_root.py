@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_sub_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("locate", "batch", "chat", "trace", "index", "eval", "vlm", "models", "config"):
+    for name in ("locate", "batch", "export", "chat", "trace", "index", "eval", "vlm", "models", "config"):
         assert name in result.output, name
 
 
@@ -38,6 +38,13 @@ def test_bad_override_is_a_clean_error_not_a_traceback():
     assert result.exit_code == 2
     assert "vlm.backend" in result.output
     assert "Traceback" not in result.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    missing = tmp_path / "[draft]" / "cfg.toml"
+    result = runner.invoke(app, ["--config", str(missing), "config", "show"])
+    assert result.exit_code == 2
+    assert "[draft]" in result.output
 
 
 def test_models_list_says_what_is_missing(tmp_path):

@@ -1,0 +1,259 @@
+"""Fixtures for the command-line tests: a realistic trace (events shaped as the locate graph records
+them) whose model text contains HTML and rich markup, to check it is shown escaped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geosleuth.types import (
+    Candidate,
+    CandidateSource,
+    Clue,
+    Coordinate,
+    ExifInfo,
+    GalleryNeighbor,
+    GPSCandidate,
+    Hypothesis,
+    ImageRef,
+    Place,
+    Prediction,
+    PromptRecord,
+    ReasoningFailure,
+    RetrievalResult,
+    StepFailure,
+    Trace,
+    TraceEvent,
+)
+
+HOSTILE = '<script>alert("x")</script> [bold red]not markup[/] & more'
+
+
+def build_trace(trace_id: str = "trace-1", path: str = "photos/porto.jpg") -> Trace:
+    place = Place(continent="Europe", country_code="PT", country="Portugal", admin1="Porto", city="Porto")
+    image = ImageRef(path=path, exif=ExifInfo(gps=Coordinate(lat=41.1496, lon=-8.6110)))
+    clue = Clue(observation=f"azulejo tiles {HOSTILE}", implication="Portugal")
+    hypotheses = [
+        Hypothesis(
+            clues=[clue], continent="Europe", country="Portugal", region="Norte", city="Porto",
+            lat=41.15, lon=-8.62, confidence=0.7, raw_text=f'{{"city": "Porto"}} {HOSTILE}',
+            template_id="geo_reasoning", template_hash="abc123def4567890", model="tiny-vlm",
+            variant="neighbors-5", sample_index=0,
+        ),
+        Hypothesis(
+            country="Spain", city="Vigo", lat=42.24, lon=-8.72, confidence=0.3, raw_text="{}",
+            template_id="geo_reasoning", template_hash="abc123def4567890", model="tiny-vlm",
+            variant="neighbors-0", sample_index=1,
+        ),
+    ]
+    failure = ReasoningFailure(
+        variant="neighbors-10", template_id="geo_reasoning", template_hash="abc123def4567890",
+        model="tiny-vlm", error="reply is not JSON", raw_text="I think it is <b>Lisbon</b>",
+    )
+    retrieval = RetrievalResult(
+        neighbors=[GalleryNeighbor(id="mp16/123.jpg", lat=41.16, lon=-8.60, similarity=0.91)],
+        gps_candidates=[GPSCandidate(lat=40.0, lon=-8.0, similarity=0.55, probability=0.1)],
+        sources=["gallery", "gps-gallery"],
+    )
+    ranked = [
+        Candidate(lat=41.15, lon=-8.62, source=CandidateSource.VLM, source_ref="neighbors-5#0",
+                  scores={"geoclip": 0.812, "neighbor_support": 0.654, "vlm_agreement": 0.5}, score=0.731,
+                  confidence=0.64, place=place),
+        Candidate(lat=42.24, lon=-8.72, source=CandidateSource.VLM, source_ref="neighbors-0#1",
+                  scores={"geoclip": 0.402, "neighbor_support": 0.1, "vlm_agreement": 0.25}, score=0.288,
+                  confidence=0.36),
+    ]
+    prediction = Prediction(
+        image=image, lat=41.15, lon=-8.62, place=place, confidence=0.64, alternatives=ranked,
+        clues=[clue], sources_used=["vlm", "gallery"],
+        failures=[StepFailure(step="reason", error="1 of 3 VLM replies were unusable (reply is not JSON)")],
+        trace_id=trace_id,
+    )
+    events = [
+        TraceEvent(step="perceive", started_at=1000.0, duration_s=0.1, outputs={"image": image.model_dump()}),
+        TraceEvent(step="retrieve", started_at=1000.1, duration_s=0.2, outputs=retrieval.model_dump(mode="json")),
+        TraceEvent(step="reason", started_at=1000.3, duration_s=1.5, outputs={
+            "hypotheses": [h.model_dump(mode="json") for h in hypotheses],
+            "failures": [failure.model_dump(mode="json")],
+        }),
+        TraceEvent(step="verify", started_at=1001.8, duration_s=0.05, outputs={
+            "candidates": [c.model_dump(mode="json") for c in ranked],
+        }),
+        TraceEvent(step="decide", started_at=1001.9, duration_s=0.01, outputs={"lat": 41.15, "lon": -8.62}),
+    ]
+    return Trace(
+        trace_id=trace_id, image=image, config_hash="cfg0123456789abc", models={"vlm": "tiny-vlm"},
+        events=events,
+        prompts=[PromptRecord(template_id="geo_reasoning", template_hash="abc123def4567890",
+                              variant="neighbors-5", model="tiny-vlm", rendered=f"Where is this? {HOSTILE}")],
+        prediction=prediction,
+    )
+
+
+@pytest.fixture
+def hostile() -> str:
+    return HOSTILE
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "trace.json"
+    path.write_text(build_trace().model_dump_json(indent=2))
+    return path
+
+
+@pytest.fixture
+def trace_dir(tmp_path: Path) -> Path:
+    """Two trace JSON files in a folder, as `geosleuth batch --trace-dir` writes them."""
+    folder = tmp_path / "traces"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jpg.json").write_text(build_trace("t-a", "a.jpg").model_dump_json())
+    (folder / "sub" / "b.jpg.json").write_text(build_trace("t-b", "sub/b.jpg").model_dump_json())
+    return folder
+
+
+@pytest.fixture
+def traces_jsonl(tmp_path: Path) -> Path:
+    path = tmp_path / "traces.jsonl"
+    lines = [
+        build_trace("t-a", "a.jpg").model_dump_json(),
+        '{"id": "b.jpg", "trace": ' + build_trace("t-b", "b.jpg").model_dump_json() + "}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# A Geolocator test double for the command tests (the real one runs in the end-to-end tests)
+
+LISBON = (38.7223, -9.1393)
+STEPS = ("perceive", "retrieve", "reason", "verify", "decide")
+
+
+class FakeGeolocator:
+    """Loads each image for real (broken files raise ImageLoadError, EXIF is read) and answers
+    Lisbon, or no coordinate for file names containing "nowhere"; tracks calls in flight."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.closed = False
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls: list[str] = []
+
+    @property
+    def resources(self) -> None:
+        return None
+
+    async def alocate_with_trace(self, image_path, *, top_k=None, constraint=None):
+        import asyncio
+
+        from geosleuth.imageio import load_image
+
+        self.calls.append(str(image_path))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            ref = load_image(image_path).ref
+        finally:
+            self.in_flight -= 1
+        trace = build_trace(trace_id=f"t-{Path(str(image_path)).stem}", path=str(image_path))
+        if "nowhere" in str(image_path):
+            prediction = Prediction(image=ref, failure_reason="no source proposed a candidate location (test double)",
+                                    trace_id=trace.trace_id)
+        else:
+            base = trace.prediction
+            alternatives = base.alternatives[: top_k or len(base.alternatives)]
+            prediction = base.model_copy(update={"image": ref, "lat": LISBON[0], "lon": LISBON[1],
+                                                 "alternatives": alternatives})
+        trace.image, trace.prediction = ref, prediction
+        return prediction, trace
+
+    async def alocate(self, image_path, *, top_k=None, constraint=None):
+        prediction, _ = await self.alocate_with_trace(image_path, top_k=top_k)
+        return prediction
+
+    async def astream(self, image_path, *, top_k=None, constraint=None):
+        prediction, trace = await self.alocate_with_trace(image_path, top_k=top_k)
+        for step, event in zip(STEPS, trace.events, strict=True):
+            yield step, {"event": event}
+        yield "done", {"prediction": prediction, "trace": trace}
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_geo(monkeypatch: pytest.MonkeyPatch) -> FakeGeolocator:
+    """The commands get this double instead of a real Geolocator."""
+    from geosleuth.cli import agent_cmd
+
+    fake = FakeGeolocator()
+    monkeypatch.setattr(agent_cmd, "_open_geolocator", lambda ctx: fake)
+    return fake
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Photos: porto.jpg (EXIF GPS 41.1496 N, 8.611 W), two plain ones, one that gets no
+    coordinate, and two broken files."""
+    from geosleuth.testing import photos
+
+    root = tmp_path / "photos"
+    photos.write_jpeg_with_gps(root / "porto.jpg", 41.1496, -8.6110)
+    photos.write_photo(root / "b.png")
+    photos.write_photo(root / "sub" / "c.jpg")
+    photos.write_photo(root / "nowhere.jpg")
+    photos.write_text_file(root / "broken.jpg")
+    photos.write_truncated_jpeg(root / "sub" / "cut.jpg", keep=0.3)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# Real models (tiny, random, built locally) for the end-to-end command tests
+
+
+@pytest.fixture(scope="session")
+def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 real GPS-gallery points (every 50th of GeoCLIP's 100K)."""
+    from geosleuth.index.gps_gallery import geoclip_gallery_csv
+
+    lines = geoclip_gallery_csv().read_text().splitlines()
+    out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
+    out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_vlm_dir: Path,
+                gps_2k_csv: Path) -> Path:
+    """A geosleuth.toml for the real pipeline with tiny random models: tiny CLIP + GeoCLIP's real
+    heads, a 2K GPS gallery, the tiny LLaVA in process (one prompt variant, one sample)."""
+    folder = tmp_path_factory.mktemp("tiny-config")
+    path = folder / "geosleuth.toml"
+    path.write_text(
+        f"""
+[encoders]
+image_model = "{tiny_clip_dir}"
+device = "cpu"
+dtype = "float32"
+[index]
+gps_gallery = "{gps_2k_csv}"
+cache_dir = "{folder / 'cache'}"
+[retrieval]
+k_neighbors = 5
+k_gps = 10
+[vlm]
+backend = "transformers"
+model = "{tiny_vlm_dir}"
+device = "cpu"
+samples_per_variant = 1
+max_new_tokens = 24
+concurrency = 2
+[prompts]
+neighbor_counts = [0]
+"""
+    )
+    return path
