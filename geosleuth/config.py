@@ -54,7 +54,7 @@ class IndexConfig(_Section):
         None, description="image gallery store folder (geosleuth index build); none = GPS gallery + VLM only"
     )
     gps_gallery: str = Field(
-        "geoclip", description="'geoclip' (its shipped 100K coordinates) or a CSV with lat,lon columns"
+        "geoclip", description="'geoclip' (its shipped 100K coordinates), a CSV with lat,lon columns, or 'none'"
     )
     cache_dir: Path = Field(Path("~/.cache/geosleuth"), description="cached GPS-gallery embeddings and sessions")
 

@@ -1,0 +1,423 @@
+"""The locate graph: perceive -> retrieve -> reason -> verify -> decide, as a LangGraph StateGraph.
+
+Each node is a plain async function over :class:`~geosleuth.agent.state.LocateState` that calls its
+stage module and returns only the keys it produces, plus one TraceEvent. The once-per-process
+models arrive as the run's LangGraph context (:class:`~geosleuth.agent.runtime.Resources`).
+CPU-bound work (decoding, encoders, index search) runs in worker threads so many images can be in
+flight on one event loop.
+
+Failure policy: a bad image (perceive) or a broken index (retrieve) raises; the VLM is an optional
+source, so unusable replies, an unreachable server or a crash in the VLM step are recorded in
+``failures`` and the answer comes from retrieval, while a VLM misconfiguration every image would hit
+(refused API key, model not served) raises; an image with no candidate at all gets a Prediction with
+lat=None and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from geosleuth.agent.decide import decide
+from geosleuth.agent.perceive import perceive
+from geosleuth.agent.reason import reason
+from geosleuth.agent.retrieve import retrieve
+from geosleuth.agent.runtime import Resources
+from geosleuth.agent.state import Constraint, LocateState, contains_all, initial_state
+from geosleuth.agent.verify import verify, weights_of
+from geosleuth.errors import GeosleuthError
+from geosleuth.types import (
+    CandidateSource,
+    Prediction,
+    ReasoningResult,
+    StepFailure,
+    Trace,
+    TraceEvent,
+)
+from geosleuth.vlm.backends import VLMRequestError
+
+STEPS = ("perceive", "retrieve", "reason", "verify", "decide")
+SOURCE_VLM = "vlm"
+SOURCE_USER = "user"
+# Source names in Prediction.sources_used, by candidate source.
+_SOURCE_NAMES = {
+    CandidateSource.RETRIEVAL: "gallery",
+    CandidateSource.GPS_GALLERY: "gps-gallery",
+    CandidateSource.VLM: SOURCE_VLM,
+    CandidateSource.USER: SOURCE_USER,
+}
+# Trace outputs quote at most this many failure messages of one step.
+_MAX_QUOTED_ERRORS = 3
+
+
+def _event(
+    state: LocateState, step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
+    error: str | None = None,
+) -> TraceEvent:
+    wall0, perf0 = state["clock"]
+    now = time.perf_counter()
+    return TraceEvent(
+        step=step,
+        started_at=wall0 + (started - perf0),
+        duration_s=round(now - started, 6),
+        inputs=inputs,
+        outputs=outputs,
+        error=error,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+async def perceive_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
+    started = time.perf_counter()
+    res = runtime.context
+    perception = await asyncio.to_thread(
+        perceive, state["image_path"], res.image_encoder, max_pixels=res.config.vlm.max_image_pixels
+    )
+    emb = perception.embeddings
+    outputs = {
+        "image": perception.ref.model_dump(mode="json"),
+        "decoded_size": list(perception.image.image.size),
+        "retrieval_embedding_dim": int(emb.retrieval.shape[1]),
+        "geoclip_embedding": emb.geoclip is not None,
+        # EXIF GPS is reported, never used as a candidate: the answer must come from the pixels.
+        "exif_gps": perception.ref.exif.gps.model_dump() if perception.ref.exif and perception.ref.exif.gps else None,
+    }
+    return {
+        "image": perception.image.image,
+        "image_ref": perception.ref,
+        "embeddings": emb,
+        "events": [_event(state, "perceive", started, {"image_path": state["image_path"]}, outputs)],
+    }
+
+
+async def retrieve_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
+    started = time.perf_counter()
+    res = runtime.context
+    constraints = state.get("constraints", [])
+    retrieval = await asyncio.to_thread(
+        retrieve,
+        state["embeddings"],
+        res.store,
+        res.gps_gallery,
+        res.config,
+        res.geocoder,
+        constraints=constraints,
+        exclude_ids=state.get("exclude_ids", []),
+        exclude_authors=state.get("exclude_authors", []),
+    )
+    settings = res.config.retrieval
+    inputs = {
+        "k_neighbors": settings.k_neighbors,
+        "k_dissimilar": settings.k_dissimilar,
+        "k_gps": settings.k_gps,
+        "gallery": res.store is not None,
+        "gps_gallery": res.gps_gallery is not None,
+        "constraints": [c.label for c in constraints],
+        "exclude_ids": len(state.get("exclude_ids", [])),
+        "exclude_authors": len(settings.exclude_authors) + len(state.get("exclude_authors", [])),
+    }
+    return {
+        "retrieval": retrieval,
+        "events": [_event(state, "retrieve", started, inputs, retrieval.model_dump(mode="json"))],
+    }
+
+
+async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
+    started = time.perf_counter()
+    res = runtime.context
+    config = res.config
+    inputs: dict[str, Any] = {
+        "model": res.backend.model_id if res.backend is not None else None,
+        "template": config.prompts.reasoning_template,
+        "neighbor_counts": list(config.prompts.neighbor_counts),
+        "samples_per_variant": config.vlm.samples_per_variant,
+        "temperature": config.vlm.temperature,
+    }
+    if res.backend is None:
+        outputs = {"skipped": "vlm.backend is 'none': answering from retrieval only"}
+        return {"reasoning": None, "events": [_event(state, "reason", started, inputs, outputs)]}
+
+    prior = state.get("prior_reasoning")
+    constraints = state.get("constraints", [])
+    if prior is not None and _still_fits(prior, constraints, res):
+        outputs = {"reused_earlier_answers": True, **_reasoning_outputs(prior)}
+        return {
+            "reasoning": prior,
+            "failures": _reasoning_failures(prior),
+            "events": [_event(state, "reason", started, inputs, outputs)],
+        }
+    try:
+        reasoning = await reason(state["image"], state["retrieval"], res.backend, config, res.geocoder)
+    except Exception as exc:
+        if isinstance(exc, GeosleuthError) and not isinstance(exc, VLMRequestError):
+            # A misconfiguration every image would hit (API key refused, model not served or
+            # missing): the user must fix it, so it is not quietly turned into retrieval-only answers.
+            raise
+        # The server unreachable, or a crash in the VLM step (e.g. out of memory): record it.
+        error = f"the VLM step failed ({type(exc).__name__}: {exc}); answered from retrieval only"
+        return {
+            "reasoning": None,
+            "failures": [StepFailure(step="reason", error=error)],
+            "events": [_event(state, "reason", started, inputs, {}, error=error)],
+        }
+    return {
+        "reasoning": reasoning,
+        "failures": _reasoning_failures(reasoning),
+        "events": [_event(state, "reason", started, inputs, _reasoning_outputs(reasoning))],
+    }
+
+
+def _still_fits(prior: ReasoningResult, constraints: Sequence[Constraint], res: Resources) -> bool:
+    """Earlier answers are reused unless none of them lies inside the new constraints."""
+    if not constraints:
+        return True
+    hyps = prior.hypotheses
+    inside = contains_all(constraints, [h.lat for h in hyps], [h.lon for h in hyps], res.geocoder)
+    return bool(hyps) and bool(inside.any())
+
+
+def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
+    return {
+        "hypotheses": [h.model_dump(mode="json") for h in reasoning.hypotheses],
+        "failures": [f.model_dump(mode="json") for f in reasoning.failures],
+        "raw_replies": list(reasoning.raw_replies),
+        "prompts": [p.model_dump(mode="json", exclude={"rendered"}) for p in reasoning.prompts],
+    }
+
+
+def _reasoning_failures(reasoning: ReasoningResult) -> list[StepFailure]:
+    """One StepFailure summarising unusable VLM replies (none when every reply was usable)."""
+    failed = len(reasoning.failures)
+    if not failed:
+        return []
+    total = failed + len(reasoning.hypotheses)
+    quoted = "; ".join(dict.fromkeys(f.error for f in reasoning.failures[:_MAX_QUOTED_ERRORS]))
+    if reasoning.hypotheses:
+        error = f"{failed} of {total} VLM replies were unusable ({quoted})"
+    else:
+        error = f"no usable VLM answer: all {total} replies failed ({quoted}); answered from retrieval only"
+    return [StepFailure(step="reason", error=error)]
+
+
+async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
+    started = time.perf_counter()
+    res = runtime.context
+    reasoning = state.get("reasoning")
+    hypotheses = reasoning.hypotheses if reasoning is not None else []
+    geoclip = state["embeddings"].geoclip
+    constraints = state.get("constraints", [])
+    verification = await asyncio.to_thread(
+        verify,
+        state["retrieval"],
+        hypotheses,
+        geoclip_embedding=None if geoclip is None else geoclip[0],
+        location_encoder=res.location_encoder,
+        geocoder=res.geocoder,
+        config=res.config.verify,
+        constraints=constraints,
+    )
+    inputs = {
+        "weights": weights_of(res.config.verify),
+        "support_radius_km": res.config.verify.support_radius_km,
+        "constraints": [c.model_dump(mode="json") for c in constraints],
+    }
+    outputs = {
+        "components": verification.components,
+        "candidates": [c.model_dump(mode="json") for c in verification.ranked],
+        "rejected_by_constraint": [c.model_dump(mode="json") for c in verification.rejected],
+    }
+    return {
+        "ranked": verification.ranked,
+        "rejected": verification.rejected,
+        "events": [_event(state, "verify", started, inputs, outputs)],
+    }
+
+
+async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
+    started = time.perf_counter()
+    res = runtime.context
+    reasoning = state.get("reasoning")
+    ranked = state.get("ranked", [])
+    pool = [*ranked, *state.get("rejected", [])]
+    sources = [name for source, name in _SOURCE_NAMES.items() if any(c.source == source for c in pool)]
+    top_k = state.get("top_k") or res.config.verify.top_k
+    prediction = decide(
+        ranked,
+        image=state["image_ref"],
+        hypotheses=reasoning.hypotheses if reasoning is not None else [],
+        geocoder=res.geocoder,
+        config=res.config.verify,
+        top_k=top_k,
+        sources_used=sources,
+        failures=state.get("failures", []),
+        no_candidate_reason=_no_candidate_reason(state, res),
+    )
+    prediction.trace_id = state["trace_id"]
+    outputs = {
+        "lat": prediction.lat,
+        "lon": prediction.lon,
+        "place": prediction.place.model_dump(mode="json") if prediction.place else None,
+        "confidence": prediction.confidence,
+        "sources_used": prediction.sources_used,
+        "failure_reason": prediction.failure_reason,
+    }
+    inputs = {"ranked_candidates": len(ranked), "top_k": top_k, "refine_radius_km": res.config.verify.refine_radius_km}
+    return {"prediction": prediction, "events": [_event(state, "decide", started, inputs, outputs)]}
+
+
+def _no_candidate_reason(state: LocateState, res: Resources) -> str:
+    constraints = state.get("constraints", [])
+    rejected = state.get("rejected", [])
+    if constraints and rejected:
+        where = " and ".join(c.label for c in constraints)
+        return (
+            f"no candidate location lies {where}: all {len(rejected)} candidates were outside it; "
+            "give a wider hint or drop it"
+        )
+    details = []
+    if res.store is None:
+        details.append("no image gallery configured (index.gallery)")
+    elif not state["retrieval"].neighbors:
+        details.append("the image gallery returned no neighbours")
+    if res.gps_gallery is None:
+        details.append("no GPS gallery (index.gps_gallery)")
+    elif state["embeddings"].geoclip is None:
+        details.append("no GeoCLIP embedding for the GPS gallery (encoders.image_encoder has no GeoCLIP head)")
+    elif not state["retrieval"].gps_candidates:
+        details.append("the GPS gallery returned no candidates (retrieval.k_gps)")
+    if res.backend is None:
+        details.append("no VLM (vlm.backend = none)")
+    else:
+        details += [f.error for f in state.get("failures", []) if f.step == "reason"]
+    if constraints:
+        details.append("constraints " + " and ".join(c.label for c in constraints))
+    return "no source proposed a candidate location: " + "; ".join(details or ["nothing was retrieved"])
+
+
+def build_locate_graph() -> Any:
+    """The compiled locate graph (run it with ``context=Resources``)."""
+    graph = StateGraph(LocateState, context_schema=Resources)
+    graph.add_node("perceive", perceive_node)
+    graph.add_node("retrieve", retrieve_node)
+    graph.add_node("reason", reason_node)
+    graph.add_node("verify", verify_node)
+    graph.add_node("decide", decide_node)
+    graph.add_edge(START, "perceive")
+    for before, after in zip(STEPS, STEPS[1:], strict=False):
+        graph.add_edge(before, after)
+    graph.add_edge("decide", END)
+    # checkpointer=False: never persisted, nor inherited when run inside the chat graph (the state
+    # holds pixels and embeddings).
+    return graph.compile(checkpointer=False, name="geosleuth-locate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass(frozen=True)
+class LocateOutcome:
+    prediction: Prediction
+    trace: Trace
+    reasoning: ReasoningResult | None  # kept so a chat hint can reuse the VLM's answers
+
+
+class LocatePipeline:
+    """The compiled locate graph bound to its resources; one per process, shared by every call."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.graph = build_locate_graph()
+
+    def _start(
+        self,
+        image_path: str,
+        *,
+        constraints: Sequence[Constraint],
+        top_k: int | None,
+        exclude_ids: Sequence[str],
+        exclude_authors: Sequence[str],
+        prior_reasoning: ReasoningResult | None,
+    ) -> dict[str, Any]:
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        return initial_state(
+            image_path,
+            trace_id=uuid.uuid4().hex,
+            clock=(time.time(), time.perf_counter()),
+            constraints=constraints,
+            top_k=top_k or self.resources.config.verify.top_k,
+            exclude_ids=exclude_ids,
+            exclude_authors=exclude_authors,
+            prior_reasoning=prior_reasoning,
+        )
+
+    async def run(
+        self,
+        image_path: str,
+        *,
+        constraints: Sequence[Constraint] = (),
+        top_k: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+        prior_reasoning: ReasoningResult | None = None,
+    ) -> LocateOutcome:
+        start = self._start(
+            image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
+            exclude_authors=exclude_authors, prior_reasoning=prior_reasoning,
+        )
+        final = await self.graph.ainvoke(start, context=self.resources)
+        return self.outcome(final)
+
+    async def stream(
+        self,
+        image_path: str,
+        *,
+        constraints: Sequence[Constraint] = (),
+        top_k: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
+        ``("done", {"prediction": ..., "trace": ...})``."""
+        start = self._start(
+            image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
+            exclude_authors=exclude_authors, prior_reasoning=None,
+        )
+        final: dict[str, Any] | None = None
+        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
+            if mode == "values":
+                final = chunk
+                continue
+            for step, update in chunk.items():
+                update = dict(update or {})
+                events = update.pop("events", [])
+                yield step, {"event": events[0] if events else None, **update}
+        if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
+            raise RuntimeError("the locate graph ended without a prediction")
+        outcome = self.outcome(final)
+        yield "done", {"prediction": outcome.prediction, "trace": outcome.trace}
+
+    def outcome(self, final: dict[str, Any]) -> LocateOutcome:
+        reasoning = final.get("reasoning")
+        prediction = final["prediction"]
+        trace = Trace(
+            trace_id=final["trace_id"],
+            image=final["image_ref"],
+            config_hash=self.resources.config.config_hash(),
+            models=self.resources.model_ids(),
+            events=final.get("events", []),
+            prompts=list(reasoning.prompts) if reasoning is not None else [],
+            prediction=prediction,
+        )
+        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning)

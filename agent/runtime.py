@@ -1,0 +1,114 @@
+"""The once-per-process resources the graph runs with: encoders, galleries, the VLM backend.
+
+``Resources.load(config)`` loads everything the configuration names, once; the result is handed to
+the graph as its LangGraph context (``graph.ainvoke(state, context=resources)``) and shared by every
+image and every concurrent call. Nothing here is global: two ``Resources`` are two sets of models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from geosleuth.config import Config, expand_path
+from geosleuth.geo import ReverseGeocoder
+
+if TYPE_CHECKING:
+    from geosleuth.index.encoders import ImageEncoder, LocationEncoder
+    from geosleuth.index.gps_gallery import GPSGallery
+    from geosleuth.vlm.backends import VLMBackend
+
+log = logging.getLogger(__name__)
+
+# index.gps_gallery values that switch the GPS gallery off.
+NO_GPS_GALLERY = ("", "none")
+
+
+@dataclass
+class Resources:
+    """Everything a locate run needs besides its inputs. ``None`` means "not configured".
+
+    ``store`` is a :class:`geosleuth.index.store.GalleryStore` (typed loosely so this module imports
+    without the FAISS store); ``backend`` None means retrieval only (``vlm.backend = "none"``).
+    """
+
+    config: Config
+    image_encoder: ImageEncoder
+    geocoder: ReverseGeocoder = field(default_factory=ReverseGeocoder)
+    location_encoder: LocationEncoder | None = None
+    gps_gallery: GPSGallery | None = None
+    store: Any | None = None
+    backend: VLMBackend | None = None
+    load_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: Config) -> Resources:
+        """Load every model and index ``config`` names (ModelNotAvailableError / GalleryIndexError /
+        ConfigError say which setting to fix)."""
+        from geosleuth.index.encoders import create_image_encoder, create_location_encoder
+
+        timings: dict[str, float] = {}
+
+        def timed(name: str, make: Any) -> Any:
+            started = time.perf_counter()
+            value = make()
+            timings[name] = round(time.perf_counter() - started, 3)
+            log.info("loaded %s in %.2f s", name, timings[name])
+            return value
+
+        image_encoder = timed("image_encoder", lambda: create_image_encoder(config.encoders))
+        location_encoder = timed("location_encoder", lambda: create_location_encoder(config.encoders))
+        gps_gallery = None
+        if config.index.gps_gallery.strip().lower() not in NO_GPS_GALLERY:
+            from geosleuth.index.gps_gallery import GPSGallery
+
+            gps_gallery = timed(
+                "gps_gallery",
+                lambda: GPSGallery.load(config.index.gps_gallery, location_encoder, config.index.cache_dir),
+            )
+        store = None
+        if config.index.gallery is not None:
+            from geosleuth.index.store import GalleryStore
+
+            gallery_path = expand_path(config.index.gallery)
+            store = timed("gallery", lambda: GalleryStore.open(gallery_path, image_encoder=image_encoder))
+        backend = None
+        if config.vlm.backend != "none":
+            from geosleuth.vlm.backends import create_backend
+
+            backend = timed("vlm", lambda: create_backend(config.vlm))
+        return cls(
+            config=config,
+            image_encoder=image_encoder,
+            location_encoder=location_encoder,
+            gps_gallery=gps_gallery,
+            store=store,
+            backend=backend,
+            load_seconds=timings,
+        )
+
+    def model_ids(self) -> dict[str, str]:
+        """Role -> model/index id, as recorded in every trace."""
+        ids = {"image_encoder": f"{self.image_encoder.name}:{self.image_encoder.model_id}"}
+        if self.location_encoder is not None:
+            ids["location_encoder"] = self.location_encoder.name
+        if self.gps_gallery is not None:
+            ids["gps_gallery"] = f"{self.gps_gallery.source} ({len(self.gps_gallery)} points)"
+        if self.store is not None:
+            manifest = getattr(self.store, "manifest", None)
+            where = str(getattr(self.store, "path", self.config.index.gallery))
+            ids["gallery"] = f"{where} ({manifest.count} images, {manifest.index_type})" if manifest else where
+        ids["vlm"] = self.backend.model_id if self.backend is not None else "none"
+        return ids
+
+    async def aclose(self) -> None:
+        """Release the VLM backend's connections / memory and the gallery store's files."""
+        try:
+            if self.backend is not None:
+                await self.backend.aclose()
+        finally:
+            close_store = getattr(self.store, "close", None)
+            if close_store is not None:
+                close_store()

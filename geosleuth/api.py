@@ -1,0 +1,384 @@
+"""The public Python API: ``Geolocator``.
+
+    from geosleuth.api import Geolocator
+
+    with Geolocator.from_config() as geo:
+        prediction = geo.locate("photo.jpg")
+        print(prediction.lat, prediction.lon, prediction.place.hierarchy(), prediction.confidence)
+
+Models (image encoder, location encoder, GPS gallery, gallery store, VLM backend) load once per
+``Geolocator``, on first use, and are shared by every call and by concurrent calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import TYPE_CHECKING, Any
+
+from geosleuth.agent.state import Constraint
+from geosleuth.config import Config, load_config
+from geosleuth.errors import ConfigError, GeosleuthError
+from geosleuth.types import Prediction, Trace
+
+if TYPE_CHECKING:
+    from geosleuth.agent.chat import ChatSession, PlaceResolver
+    from geosleuth.agent.graph import LocateOutcome, LocatePipeline
+    from geosleuth.agent.runtime import Resources
+    from geosleuth.geo import ReverseGeocoder
+
+__all__ = ["Constraint", "Geolocator", "LocateRequest", "parse_constraint"]
+
+ImagePath = str | PathLike[str]
+Constraints = Constraint | Sequence[Constraint] | None
+
+
+@dataclass(frozen=True)
+class LocateRequest:
+    """One image to locate, with per-image options (for ``locate_many``).
+
+    ``exclude_ids`` / ``exclude_authors``: gallery items never retrieved for this image (evaluation
+    without leakage: the image itself, or its photographer's other pictures).
+    """
+
+    path: str
+    constraint: Constraints = None
+    top_k: int | None = None
+    exclude_ids: tuple[str, ...] = ()
+    exclude_authors: tuple[str, ...] = ()
+
+
+class Geolocator:
+    """Locates photos. Create with :meth:`from_config`; close with :meth:`close` (or ``with``).
+
+    Safe to share between concurrent ``alocate`` calls on one event loop; the sync methods run on a
+    private event loop and must not be called from inside a running one (use the ``a*`` methods).
+    """
+
+    def __init__(self, config: Config, *, resources: Resources | None = None) -> None:
+        """Prefer :meth:`from_config`. ``resources``: already-loaded models (tests, embedding apps)."""
+        self._config = config
+        self._resources = resources
+        self._pipeline: LocatePipeline | None = None
+        self._load_lock = threading.Lock()
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._place_resolver: PlaceResolver | None = None  # chat hints; built on the first chat
+
+    @classmethod
+    def from_config(cls, config: Config | None = None, **overrides: Any) -> Geolocator:
+        """A geolocator for ``config`` (default: :func:`geosleuth.config.load_config`).
+
+        ``overrides``: ``section={"key": value}`` or ``section__key=value``
+        (e.g. ``vlm__backend="none"``). Nothing loads until the first call.
+        """
+        base = config if config is not None else load_config()
+        return cls(apply_overrides(base, overrides) if overrides else base)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def resources(self) -> Resources:
+        """The loaded models (loads them on first access, once)."""
+        return self._ensure_pipeline().resources
+
+    def _ensure_pipeline(self) -> LocatePipeline:
+        if self._closed:
+            raise GeosleuthError("this Geolocator is closed; create a new one with Geolocator.from_config()")
+        with self._load_lock:
+            if self._pipeline is None:
+                from geosleuth.agent.graph import LocatePipeline
+                from geosleuth.agent.runtime import Resources
+
+                resources = self._resources if self._resources is not None else Resources.load(self._config)
+                self._resources = resources
+                self._pipeline = LocatePipeline(resources)
+            return self._pipeline
+
+    async def _apipeline(self) -> LocatePipeline:
+        if self._pipeline is not None and not self._closed:
+            return self._pipeline
+        # Loading takes seconds: keep the event loop free meanwhile (the lock makes it happen once).
+        return await asyncio.to_thread(self._ensure_pipeline)
+
+    def _run_sync(self, coro: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise GeosleuthError(
+                "Geolocator's synchronous methods cannot run inside an event loop; use `await geo.alocate(...)` "
+                "(and alocate_with_trace / aclose) there"
+            )
+        if self._sync_loop is None or self._sync_loop.is_closed():
+            self._sync_loop = asyncio.new_event_loop()
+        return self._sync_loop.run_until_complete(coro)
+
+    # -- one image ---------------------------------------------------------------------------
+
+    def locate(
+        self,
+        image_path: ImagePath,
+        *,
+        top_k: int | None = None,
+        constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+    ) -> Prediction:
+        """Where ``image_path`` was taken. Raises ImageLoadError (naming the file) for a bad image.
+
+        A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``.
+        """
+        return self._run_sync(
+            self.alocate(
+                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+            )
+        )
+
+    async def alocate(
+        self,
+        image_path: ImagePath,
+        *,
+        top_k: int | None = None,
+        constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+    ) -> Prediction:
+        prediction, _ = await self.alocate_with_trace(
+            image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+        )
+        return prediction
+
+    def locate_with_trace(
+        self,
+        image_path: ImagePath,
+        *,
+        top_k: int | None = None,
+        constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+    ) -> tuple[Prediction, Trace]:
+        """The prediction and its full trace (``trace.prediction`` is the same prediction)."""
+        return self._run_sync(
+            self.alocate_with_trace(
+                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+            )
+        )
+
+    async def alocate_with_trace(
+        self,
+        image_path: ImagePath,
+        *,
+        top_k: int | None = None,
+        constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+    ) -> tuple[Prediction, Trace]:
+        outcome = await self._arun(
+            LocateRequest(
+                os.fspath(image_path), constraint=constraint, top_k=top_k,
+                exclude_ids=tuple(exclude_ids), exclude_authors=tuple(exclude_authors),
+            )
+        )
+        return outcome.prediction, outcome.trace
+
+    async def _arun(self, request: LocateRequest) -> LocateOutcome:
+        pipeline = await self._apipeline()
+        return await pipeline.run(
+            request.path,
+            constraints=as_constraints(request.constraint),
+            top_k=request.top_k,
+            exclude_ids=request.exclude_ids,
+            exclude_authors=request.exclude_authors,
+        )
+
+    async def astream(
+        self,
+        image_path: ImagePath,
+        *,
+        top_k: int | None = None,
+        constraint: Constraints = None,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Progress, step by step: ``(step, update)`` after each of perceive, retrieve, reason,
+        verify, decide (``update["event"]`` is that step's TraceEvent; the other keys are what the
+        step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace})``."""
+        pipeline = await self._apipeline()
+        async for step, update in pipeline.stream(
+            os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k
+        ):
+            yield step, update
+
+    # -- many images -------------------------------------------------------------------------
+
+    async def locate_many(
+        self,
+        images: Iterable[ImagePath | LocateRequest],
+        *,
+        concurrency: int = 4,
+    ) -> AsyncIterator[tuple[str, Prediction | Exception]]:
+        """``(path, prediction or the exception it raised)`` in completion order, ``concurrency`` in flight.
+
+        Images are read from ``images`` lazily, so a long generator is fine. An image that fails
+        (e.g. ImageLoadError) is yielded with its exception; the others carry on.
+        """
+        async for path, result in self.locate_many_with_trace(images, concurrency=concurrency):
+            yield path, result if isinstance(result, Exception) else result[0]
+
+    async def locate_many_with_trace(
+        self,
+        images: Iterable[ImagePath | LocateRequest],
+        *,
+        concurrency: int = 4,
+    ) -> AsyncIterator[tuple[str, tuple[Prediction, Trace] | Exception]]:
+        """As :meth:`locate_many`, with each prediction's trace."""
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        await self._apipeline()  # load once, before the first wave (and fail early on bad config)
+        requests = (
+            item if isinstance(item, LocateRequest) else LocateRequest(os.fspath(item)) for item in images
+        )
+        in_flight: dict[asyncio.Task[LocateOutcome], str] = {}
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) < concurrency:
+                    request = next(requests, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    in_flight[asyncio.ensure_future(self._arun(request))] = request.path
+                if not in_flight:
+                    return
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    path = in_flight.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        outcome = task.result()
+                        yield path, (outcome.prediction, outcome.trace)
+                    elif isinstance(error, Exception):
+                        yield path, error
+                    else:  # KeyboardInterrupt / SystemExit / cancellation: not a per-image failure
+                        raise error
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    # -- chat --------------------------------------------------------------------------------
+
+    async def open_chat(
+        self,
+        image_path: ImagePath | None = None,
+        *,
+        session_id: str | None = None,
+        db_path: str | PathLike[str] | None = None,
+    ) -> ChatSession:
+        """A chat about one image (:class:`geosleuth.agent.chat.ChatSession`; close it with ``aclose``).
+
+        New session: give ``image_path`` (``session_id`` optional, a new one is made). Resume: give
+        the ``session_id`` of an earlier session. ``db_path``: the session database (default:
+        ``<index.cache_dir>/chat_sessions.sqlite``).
+        """
+        from geosleuth.agent.chat import ChatSession, PlaceResolver
+
+        pipeline = await self._apipeline()
+        if self._place_resolver is None:
+            self._place_resolver = PlaceResolver(pipeline.resources.geocoder)
+        return await ChatSession.open(
+            pipeline,
+            image_path=None if image_path is None else os.fspath(image_path),
+            session_id=session_id,
+            db_path=db_path,
+            resolver=self._place_resolver,
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the VLM backend. Idempotent."""
+        if self._closed:
+            return
+        self._run_sync(self.aclose())
+        if self._sync_loop is not None and not self._sync_loop.is_closed():
+            self._sync_loop.close()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pipeline is not None:
+            await self._pipeline.resources.aclose()
+
+    def __enter__(self) -> Geolocator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Geolocator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def parse_constraint(text: str, geocoder: ReverseGeocoder | None = None) -> Constraint:
+    """A user's hint as a constraint: "South America", "in Spain", "within 50 km of Porto", "near Lima".
+
+    Raises GeosleuthError saying what is understood when ``text`` is not such a hint.
+    """
+    from geosleuth.agent.chat import PlaceResolver, parse_hint
+    from geosleuth.geo import ReverseGeocoder
+
+    hint = parse_hint(text, PlaceResolver(geocoder or ReverseGeocoder()))
+    if hint.constraint is None:
+        what = f"the place {hint.place_text!r} is unknown" if hint.kind == "unknown-place" else "it is not a place hint"
+        raise GeosleuthError(
+            f"cannot use {text!r} as a location hint: {what}. Give a continent ('South America'), a country "
+            "('Spain'), or a circle ('within 50 km of Porto', 'near Lima')"
+        )
+    return hint.constraint
+
+
+def as_constraints(constraint: Constraints) -> list[Constraint]:
+    """None / one constraint / several -> a list."""
+    if constraint is None:
+        return []
+    if isinstance(constraint, Constraint):
+        return [constraint]
+    constraints = list(constraint)
+    for item in constraints:
+        if not isinstance(item, Constraint):
+            raise TypeError(f"constraint must be a geosleuth Constraint, got {type(item).__name__}")
+    return constraints
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with ``section={"key": value}`` / ``section__key=value`` overrides, validated."""
+    tree = config.model_dump()
+    for name, value in overrides.items():
+        section, sep, key = name.partition("__")
+        if section not in tree:
+            raise ConfigError(
+                f"unknown configuration section {section!r} in override {name!r}; sections are {', '.join(tree)}"
+            )
+        if sep:
+            tree[section][key] = value
+        elif isinstance(value, dict):
+            tree[section].update(value)
+        else:
+            raise ConfigError(f"override {name!r} must be a dict of settings, or use {name}__KEY=value")
+    try:
+        return Config.model_validate(tree)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration override: {exc}") from None
