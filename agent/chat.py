@@ -4,16 +4,17 @@ A :class:`ChatSession` is a small LangGraph graph persisted with LangGraph's SQL
 (``thread_id`` = session id), so a session can be resumed later, in another process:
 
 - first turn: locate the image (the locate graph, no hints);
-- a question ("why Portugal?") is answered by the VLM with the image and the result as context
-  (:func:`geosleuth.agent.reason.answer_followup`), earlier turns included;
+- a question ("why Portugal?") is answered by the VLM with the image, the result and a summary of
+  its trace as context (:func:`geosleuth.agent.reason.answer_followup`), earlier turns included;
 - a hint ("it is in South America", "it's in Spain", "within 50 km of Porto", "clear hints") is
   parsed by :func:`parse_hint` (a small deterministic parser of what the *user* typed) and the
   pipeline re-runs under the constraints: retrieval inside them, verification filtering, and the
-  VLM asked again only when none of its earlier answers lies inside.
+  VLM asked again only when none of its earlier answers lies inside, then told the hints in the
+  user's words with the constraints they were read as (:func:`hint_text`).
 
 What persists per session: the image path, the latest prediction / trace / VLM answers, the active
-constraints and the turn history. What does not: the per-turn fields (the message, this turn's
-route and reply), reset on purpose at the start of every turn.
+constraints with the words the user gave them in, and the turn history. What does not: the per-turn
+fields (the message, this turn's route and reply), reset on purpose at the start of every turn.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import operator
 import re
 import unicodedata
 import uuid
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -223,6 +225,29 @@ def _place_hint(place: str, resolver: PlaceResolver) -> Hint:
     return Hint("unknown-place", place_text=place)
 
 
+def describe_constraint(constraint: Constraint, geocoder: ReverseGeocoder) -> str:
+    """The constraint as it was understood, spelt out (code and centre included: "Georgia" or
+    "Porto" alone can mean several places)."""
+    if constraint.kind == "continent":
+        return f"continent {constraint.continent}"
+    if constraint.kind == "country":
+        info = geocoder.countries.get(constraint.country_code or "")
+        return f"country {info.name} ({constraint.country_code})" if info else f"country {constraint.country_code}"
+    return f"{constraint.label}, centre {constraint.lat:.4f}, {constraint.lon:.4f}"
+
+
+def hint_text(constraints: Sequence[Constraint], words: Mapping[str, str], geocoder: ReverseGeocoder) -> str | None:
+    """What the VLM is told when it re-locates under hints: each active constraint in the user's
+    words (``words``: constraint label -> message) with what it was read as, e.g. "it is in South
+    America (constraint: continent South America)". None without constraints."""
+    parts = []
+    for constraint in constraints:
+        understood = f"(constraint: {describe_constraint(constraint, geocoder)})"
+        said = words.get(constraint.label)
+        parts.append(f"{said} {understood}" if said else understood)
+    return "; ".join(parts) or None
+
+
 def merge_constraints(active: list[Constraint], new: Constraint) -> list[Constraint]:
     """Add a hint. A new area (continent or country) replaces the earlier area, a new circle the
     earlier circle; an area and a circle both apply ("in Spain" + "within 50 km of Madrid")."""
@@ -279,6 +304,7 @@ class ChatState(TypedDict, total=False):
     trace: dict[str, Any] | None
     reasoning: dict[str, Any] | None
     constraints: list[dict[str, Any]]
+    hint_words: dict[str, str]  # active constraint's label -> the message that gave it
     history: Annotated[list[dict[str, Any]], operator.add]
     # per turn (reset by every turn's input)
     message: str | None
@@ -303,10 +329,12 @@ def _turn(user: str | None, text: str, kind: ReplyKind) -> dict[str, Any]:
 async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating: bool) -> dict[str, Any]:
     constraints = _constraints(state)
     prior = state.get("reasoning")
+    geocoder = runtime.context.resolver.geocoder
     outcome = await runtime.context.pipeline.run(
         state["image_path"],
         constraints=constraints,
         prior_reasoning=ReasoningResult.model_validate(prior) if relocating and prior else None,
+        hint=hint_text(constraints, state.get("hint_words") or {}, geocoder) if relocating else None,
     )
     prediction = outcome.prediction
     text = describe(prediction)
@@ -335,7 +363,7 @@ async def interpret_node(state: ChatState, runtime: Runtime[ChatContext]) -> dic
     if hint.kind == "question":
         return {"route": "answer"}
     if hint.kind == "clear":
-        return {"route": "relocate", "constraints": []}
+        return {"route": "relocate", "constraints": [], "hint_words": {}}
     if hint.kind == "unknown-place":
         text = (
             f"I could not place {hint.place_text!r}: I know continents, countries and cities of 15,000+ people "
@@ -344,7 +372,10 @@ async def interpret_node(state: ChatState, runtime: Runtime[ChatContext]) -> dic
         return {"route": "done", **_turn(message, text, "not-understood")}
     assert hint.constraint is not None
     merged = merge_constraints(_constraints(state), hint.constraint)
-    return {"route": "relocate", "constraints": [c.model_dump(mode="json") for c in merged]}
+    earlier = state.get("hint_words") or {}
+    words = {c.label: earlier[c.label] for c in merged if c.label in earlier}
+    words[hint.constraint.label] = message.strip()
+    return {"route": "relocate", "constraints": [c.model_dump(mode="json") for c in merged], "hint_words": words}
 
 
 async def relocate_node(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -368,7 +399,10 @@ async def answer_node(state: ChatState, runtime: Runtime[ChatContext]) -> dict[s
         if turn.get("user") and turn.get("kind") in ("answer", "relocated", "not-understood")
     ]
     prediction = Prediction.model_validate(state["prediction"])
-    text = await answer_followup(resources.backend, loaded.image, prediction, message, config=config, history=history)
+    trace = Trace.model_validate(state["trace"]) if state.get("trace") else None
+    text = await answer_followup(
+        resources.backend, loaded.image, prediction, message, config=config, history=history, trace=trace
+    )
     return _turn(message, text, "answer")
 
 

@@ -142,6 +142,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "neighbor_counts": list(config.prompts.neighbor_counts),
         "samples_per_variant": config.vlm.samples_per_variant,
         "temperature": config.vlm.temperature,
+        "hint": state.get("hint"),
     }
     if res.backend is None:
         outputs = {"skipped": "vlm.backend is 'none': answering from retrieval only"}
@@ -157,7 +158,9 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
             "events": [_event(state, "reason", started, inputs, outputs)],
         }
     try:
-        reasoning = await reason(state["image"], state["retrieval"], res.backend, config, res.geocoder)
+        reasoning = await reason(
+            state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint")
+        )
     except Exception as exc:
         if isinstance(exc, GeosleuthError) and not isinstance(exc, VLMRequestError):
             # A misconfiguration every image would hit (API key refused, model not served or
@@ -348,6 +351,7 @@ class LocatePipeline:
         exclude_ids: Sequence[str],
         exclude_authors: Sequence[str],
         prior_reasoning: ReasoningResult | None,
+        hint: str | None,
     ) -> dict[str, Any]:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -360,6 +364,7 @@ class LocatePipeline:
             exclude_ids=exclude_ids,
             exclude_authors=exclude_authors,
             prior_reasoning=prior_reasoning,
+            hint=hint,
         )
 
     async def run(
@@ -371,10 +376,14 @@ class LocatePipeline:
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
         prior_reasoning: ReasoningResult | None = None,
+        hint: str | None = None,
     ) -> LocateOutcome:
+        """Locate one image. ``hint``: what the user told us, shown to the VLM (with ``constraints``,
+        the areas it stands for, applied to retrieval and verification); not shown when
+        ``prior_reasoning`` is reused."""
         start = self._start(
             image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
-            exclude_authors=exclude_authors, prior_reasoning=prior_reasoning,
+            exclude_authors=exclude_authors, prior_reasoning=prior_reasoning, hint=hint,
         )
         final = await self.graph.ainvoke(start, context=self.resources)
         return self.outcome(final)
@@ -387,12 +396,13 @@ class LocatePipeline:
         top_k: int | None = None,
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
+        hint: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
         ``("done", {"prediction": ..., "trace": ...})``."""
         start = self._start(
             image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
-            exclude_authors=exclude_authors, prior_reasoning=None,
+            exclude_authors=exclude_authors, prior_reasoning=None, hint=hint,
         )
         final: dict[str, Any] | None = None
         async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):

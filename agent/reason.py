@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.trace_view import TraceDigest, digest
 from geosleuth.errors import ConfigError, VLMError
 from geosleuth.prompts.render import PromptTemplate, load_template, render
 from geosleuth.prompts.schema import (
@@ -30,6 +31,7 @@ from geosleuth.prompts.schema import (
     parse_answer,
 )
 from geosleuth.types import (
+    Candidate,
     Clue,
     GalleryNeighbor,
     GPSCandidate,
@@ -40,6 +42,8 @@ from geosleuth.types import (
     ReasoningFailure,
     ReasoningResult,
     RetrievalResult,
+    StepFailure,
+    Trace,
 )
 from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest, VLMRequestError
 
@@ -52,7 +56,25 @@ if TYPE_CHECKING:
 REPAIR_TEMPLATE_ID = "answer_repair"
 # A bad reply is quoted back in the repair turn; a runaway one is cut so the repair still fits.
 MAX_ECHOED_REPLY_CHARS = 4000
-FOLLOWUP_CANDIDATES = 5
+
+
+@dataclass(frozen=True)
+class FollowupLimits:
+    """How much of a result and its trace a follow-up prompt quotes.
+
+    A trace can hold hundreds of candidates and long model texts; the follow-up prompt must still
+    fit a small model's context, so every list is cut to a count and every text to a length.
+    """
+
+    candidates: int = 5
+    hypotheses: int = 6  # spread over the prompt variants
+    clues_per_hypothesis: int = 2
+    clues: int = 5  # the prediction's supporting clues
+    failures: int = 3
+    text_chars: int = 120  # any one quoted text (clue, place, error)
+
+
+FOLLOWUP_LIMITS = FollowupLimits()
 
 
 @dataclass(frozen=True)
@@ -264,8 +286,14 @@ async def reason(
     backend: VLMBackend,
     config: Config,
     geocoder: ReverseGeocoder,
+    *,
+    hint: str | None = None,
 ) -> ReasoningResult:
     """Hypotheses (and failures, with raw text) from every prompt variant and sample.
+
+    ``hint``: what the user told us about the place (e.g. a chat hint: their words plus the
+    constraint they stand for); every variant's prompt shows it in its own block. None or blank:
+    no such block.
 
     Hypotheses that came out of a repair turn carry the repair template's id and hash; the
     original prompt and the repair prompt are both in ``prompts``. ``raw_replies`` holds every
@@ -297,6 +325,7 @@ async def reason(
             neighbors=neighbors[: v.n_neighbors],
             dissimilar=dissimilar[: v.n_dissimilar],
             gps_candidates=gps[: v.n_gps],
+            hint=_clean(hint),
             answer_format=reasoner.answer_format,
         )
         for v in variants
@@ -316,6 +345,85 @@ async def reason(
     return result
 
 
+def _clip(text: str | None, limit: int) -> str | None:
+    """``text`` on one line, cut to ``limit`` characters (model and user texts can be long)."""
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: max(limit - 1, 0)].rstrip() + "…"
+
+
+def _clue_rows(clues: Sequence[Clue], count: int, limits: FollowupLimits) -> list[dict[str, Any]]:
+    return [
+        {"observation": _clip(c.observation, limits.text_chars), "implication": _clip(c.implication, limits.text_chars)}
+        for c in clues[:count]
+    ]
+
+
+def _candidate_rows(candidates: Sequence[Candidate], limits: FollowupLimits) -> list[dict[str, Any]]:
+    return [
+        {
+            "lat": c.lat,
+            "lon": c.lon,
+            "place": _clip(c.place.hierarchy(), limits.text_chars) if c.place else None,
+            "source": c.source.value,
+            "score": c.score,
+            "confidence": c.confidence,
+            "scores": [{"name": _clip(name, limits.text_chars), "value": value} for name, value in c.scores.items()],
+        }
+        for c in candidates[: limits.candidates]
+    ]
+
+
+def _hypotheses_by_variant(hypotheses: Sequence[Hypothesis], limits: FollowupLimits) -> list[dict[str, Any]]:
+    """At most ``limits.hypotheses`` answers, grouped by prompt variant: every variant's first
+    sample before any variant's second, so a cut keeps the variety rather than one variant."""
+    by_variant: dict[str, list[Hypothesis]] = {}
+    for hypothesis in hypotheses:
+        by_variant.setdefault(hypothesis.variant, []).append(hypothesis)
+    chosen = sorted(
+        ((rank, position, h) for position, group in enumerate(by_variant.values()) for rank, h in enumerate(group)),
+        key=lambda item: (item[0], item[1]),
+    )[: limits.hypotheses]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for _, _, h in sorted(chosen, key=lambda item: (item[1], item[0])):
+        levels = [level for level in (h.continent, h.country, h.region, h.city) if level]
+        rows.setdefault(h.variant, []).append(
+            {
+                "place": _clip(" > ".join(levels), limits.text_chars) if levels else None,
+                "lat": h.lat,
+                "lon": h.lon,
+                "confidence": h.confidence,
+                "clues": _clue_rows(h.clues, limits.clues_per_hypothesis, limits),
+            }
+        )
+    return [{"variant": _clip(variant, limits.text_chars), "answers": answers} for variant, answers in rows.items()]
+
+
+def _trace_summary(found: TraceDigest, prediction: Prediction, limits: FollowupLimits) -> dict[str, Any]:
+    """What the follow-up prompt quotes from a trace besides its candidates: the VLM's answers per
+    variant, the sources used and what failed, each list cut."""
+    trace = found.trace
+    result = trace.prediction or prediction
+    failures = list(result.failures)
+    failures += [
+        StepFailure(step=e.step, error=e.error)
+        for e in trace.events
+        if e.error and not any(f.error == e.error for f in failures)
+    ]
+    return {
+        "variants": _hypotheses_by_variant(found.hypotheses, limits),
+        "hypotheses_shown": min(len(found.hypotheses), limits.hypotheses),
+        "hypotheses_total": len(found.hypotheses),
+        "sources": [_clip(s, limits.text_chars) for s in result.sources_used],
+        "failures": [
+            {"step": _clip(f.step, limits.text_chars), "error": _clip(f.error, limits.text_chars)}
+            for f in failures[: limits.failures]
+        ],
+        "failures_total": len(failures),
+    }
+
+
 async def answer_followup(
     backend: VLMBackend,
     image: Image.Image | None,
@@ -324,33 +432,33 @@ async def answer_followup(
     *,
     config: Config,
     history: Sequence[tuple[str, str]] = (),
+    trace: Trace | None = None,
+    limits: FollowupLimits = FOLLOWUP_LIMITS,
 ) -> str:
     """The VLM's plain-text answer to a user's question about an earlier result.
 
     ``history`` holds earlier (question, answer) turns of the same conversation, oldest first; the
     first turn carries the result summary (template ``config.prompts.chat_template``) and the image.
+    ``trace``: the result's reasoning trace; the first turn then also summarises it (top candidates
+    with component scores, the VLM's answers per variant, sources, failures), cut to ``limits``.
     Backend errors propagate (the chat shows them); an empty reply raises :class:`VLMError`.
     """
     if not question.strip():
         raise VLMError("the question is empty; type a question about the result")
     template = load_template(config.prompts.chat_template)
-    candidates = [
-        {
-            "lat": c.lat,
-            "lon": c.lon,
-            "place": c.place.hierarchy() if c.place else None,
-            "source": c.source.value,
-            "confidence": c.confidence,
-        }
-        for c in prediction.alternatives[:FOLLOWUP_CANDIDATES]
-    ]
+    found = digest(trace) if trace is not None else None
+    # The trace ranks every candidate verification scored; without one, the prediction's alternatives.
+    candidates = found.candidates if found is not None and found.candidates else prediction.alternatives
     turns = [*history, (question, "")]
     first = render(
         template,
         prediction=prediction,
-        place=prediction.place.hierarchy() if prediction.place else None,
-        clues=prediction.clues,
-        candidates=candidates,
+        place=_clip(prediction.place.hierarchy(), limits.text_chars) if prediction.place else None,
+        clues=_clue_rows(prediction.clues, limits.clues, limits),
+        clues_total=len(prediction.clues),
+        candidates=_candidate_rows(candidates, limits),
+        candidates_total=len(candidates),
+        trace=_trace_summary(found, prediction, limits) if found is not None else None,
         question=turns[0][0],
     )
     messages = [ChatMessage("user", first, [image] if image is not None else [])]

@@ -116,6 +116,7 @@ class LocateState(TypedDict, total=False):
     exclude_ids: list[str]
     exclude_authors: list[str]
     prior_reasoning: ReasoningResult | None  # an earlier run's answers (chat), reused when they still fit
+    hint: str | None  # what the user told us, shown to the VLM when it is asked (see agent.reason.reason)
     # perceive
     image: Image.Image
     image_ref: ImageRef
@@ -144,12 +145,14 @@ def initial_state(
     exclude_ids: Sequence[str] = (),
     exclude_authors: Sequence[str] = (),
     prior_reasoning: ReasoningResult | None = None,
+    hint: str | None = None,
 ) -> dict[str, Any]:
     return {
         "trace_id": trace_id,
         "clock": clock,
         "image_path": image_path,
         "prior_reasoning": prior_reasoning,
+        "hint": hint,
         "constraints": list(constraints),
         "top_k": top_k,
         "exclude_ids": list(exclude_ids),

@@ -42,7 +42,8 @@ class LocateRequest:
     """One image to locate, with per-image options (for ``locate_many``).
 
     ``exclude_ids`` / ``exclude_authors``: gallery items never retrieved for this image (evaluation
-    without leakage: the image itself, or its photographer's other pictures).
+    without leakage: the image itself, or its photographer's other pictures). ``hint``: what you know
+    about the place, in words, shown to the VLM (see :meth:`Geolocator.locate`).
     """
 
     path: str
@@ -50,6 +51,7 @@ class LocateRequest:
     top_k: int | None = None
     exclude_ids: tuple[str, ...] = ()
     exclude_authors: tuple[str, ...] = ()
+    hint: str | None = None
 
 
 class Geolocator:
@@ -132,14 +134,18 @@ class Geolocator:
         constraint: Constraints = None,
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
+        hint: str | None = None,
     ) -> Prediction:
         """Where ``image_path`` was taken. Raises ImageLoadError (naming the file) for a bad image.
 
         A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``.
+        ``hint``: what you know about the place, in words (e.g. "it is in South America"); the VLM
+        is shown it. It restricts nothing by itself: pass ``constraint`` for that.
         """
         return self._run_sync(
             self.alocate(
-                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
+                exclude_authors=exclude_authors, hint=hint,
             )
         )
 
@@ -151,9 +157,11 @@ class Geolocator:
         constraint: Constraints = None,
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
+        hint: str | None = None,
     ) -> Prediction:
         prediction, _ = await self.alocate_with_trace(
-            image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+            image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
+            exclude_authors=exclude_authors, hint=hint,
         )
         return prediction
 
@@ -165,11 +173,13 @@ class Geolocator:
         constraint: Constraints = None,
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
+        hint: str | None = None,
     ) -> tuple[Prediction, Trace]:
         """The prediction and its full trace (``trace.prediction`` is the same prediction)."""
         return self._run_sync(
             self.alocate_with_trace(
-                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids, exclude_authors=exclude_authors
+                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
+                exclude_authors=exclude_authors, hint=hint,
             )
         )
 
@@ -181,11 +191,12 @@ class Geolocator:
         constraint: Constraints = None,
         exclude_ids: Sequence[str] = (),
         exclude_authors: Sequence[str] = (),
+        hint: str | None = None,
     ) -> tuple[Prediction, Trace]:
         outcome = await self._arun(
             LocateRequest(
                 os.fspath(image_path), constraint=constraint, top_k=top_k,
-                exclude_ids=tuple(exclude_ids), exclude_authors=tuple(exclude_authors),
+                exclude_ids=tuple(exclude_ids), exclude_authors=tuple(exclude_authors), hint=hint,
             )
         )
         return outcome.prediction, outcome.trace
@@ -198,6 +209,7 @@ class Geolocator:
             top_k=request.top_k,
             exclude_ids=request.exclude_ids,
             exclude_authors=request.exclude_authors,
+            hint=request.hint,
         )
 
     async def astream(
@@ -206,13 +218,14 @@ class Geolocator:
         *,
         top_k: int | None = None,
         constraint: Constraints = None,
+        hint: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Progress, step by step: ``(step, update)`` after each of perceive, retrieve, reason,
         verify, decide (``update["event"]`` is that step's TraceEvent; the other keys are what the
         step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace})``."""
         pipeline = await self._apipeline()
         async for step, update in pipeline.stream(
-            os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k
+            os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k, hint=hint
         ):
             yield step, update
 

@@ -81,6 +81,21 @@ def test_locate_with_constraint_and_top_k(make_resources: Any, photo: Path) -> N
     assert len(prediction.alternatives) == 1
 
 
+def test_hint_is_shown_to_the_vlm_and_recorded_in_the_trace(make_resources: Any, photo: Path, doubles: Any) -> None:
+    vlm = doubles.ScriptedVLM([doubles.answer(*doubles.LIMA, country="Peru", continent="South America")])
+    resources = make_resources(backend=vlm)
+    hint = "the photographer says it was taken on a trip to Peru"
+    with Geolocator(resources.config, resources=resources) as geo:
+        _, trace = geo.locate_with_trace(photo, hint=hint)
+        asked_with_hint = len(vlm.requests)
+        geo.locate(photo)
+    hinted, plain = vlm.requests[:asked_with_hint], vlm.requests[asked_with_hint:]
+    assert hinted and all(hint in r.messages[0].text for r in hinted)
+    assert plain and not any(hint in r.messages[0].text for r in plain)
+    assert all(hint in p.rendered for p in trace.prompts)
+    assert next(e for e in trace.events if e.step == "reason").inputs["hint"] == hint
+
+
 def test_parse_constraint_for_command_line_hints(geocoder: Any) -> None:
     from geosleuth.api import parse_constraint
 

@@ -184,3 +184,43 @@ def test_resuming_an_unknown_session_fails_clearly(make_resources: Any, photo: P
 
     with pytest.raises(GeosleuthError, match="no chat session 'nope'"):
         asyncio.run(resume())
+
+
+def test_a_hint_reaches_the_vlm_and_followups_see_the_trace(make_resources: Any, photo: Path, tmp_path: Path,
+                                                            doubles: Any) -> None:
+    from geosleuth.types import Candidate
+
+    vlm = lisbon_vlm(doubles)
+    resources = make_resources(backend=vlm)
+
+    async def chat() -> tuple[Any, Any, int]:
+        async with Geolocator(resources.config, resources=resources) as geo:
+            session = await geo.open_chat(photo, db_path=tmp_path / "s.sqlite")
+            async with session:
+                await session.start()
+                opening_requests = len(vlm.requests)
+                in_south_america = await session.ask("it is in South America")
+                near_lima = await session.ask("within 50 km of Lima")
+                await session.ask("Why not Portugal?")
+                return in_south_america, near_lima, opening_requests
+
+    in_south_america, near_lima, opening_requests = asyncio.run(chat())
+    said = "it is in South America (constraint: continent South America)"
+    opening = [r for r in vlm.requests[:opening_requests] if r.json_schema is not None]
+    assert opening and not any("What the user told us" in r.messages[0].text for r in opening)
+    # None of the Lisbon answers lies in South America: the VLM is asked again, and told the hint.
+    hinted = [r for r in vlm.requests[opening_requests:] if r.json_schema is not None]
+    assert hinted and all(said in r.messages[0].text for r in hinted)
+    reasoning_records = [p for p in in_south_america.trace.prompts if p.template_id == "geo_reasoning"]
+    assert reasoning_records and all(said in p.rendered for p in reasoning_records)
+    # A second hint adds to the first: both are passed on, in the user's words.
+    last_prompt = near_lima.trace.prompts[0].rendered
+    assert said in last_prompt and "within 50 km of Lima" in last_prompt
+
+    # The follow-up's context summarises the latest trace: the VLM's (rejected) Lisbon answers, which
+    # no longer support the prediction, and the top-ranked candidate with its score.
+    context = vlm.followups()[-1].messages[0].text
+    assert "azulejo tiles" in context and "calcada pavement" in context
+    verify_event = next(e for e in near_lima.trace.events if e.step == "verify")
+    top = Candidate.model_validate(verify_event.outputs["candidates"][0])
+    assert f"score {top.score:.2f}" in context

@@ -15,10 +15,14 @@ from geosleuth.types import (
     Clue,
     GalleryNeighbor,
     GPSCandidate,
+    Hypothesis,
     ImageRef,
     Place,
     Prediction,
     RetrievalResult,
+    StepFailure,
+    Trace,
+    TraceEvent,
 )
 from geosleuth.vlm.backends import VLMUnavailableError
 
@@ -216,3 +220,105 @@ def test_followup_empty_reply_is_an_error(doubles, image, make_config) -> None:
         _run(answer_followup(backend, None, prediction, "Where?", config=make_config()))
     assert backend.requests[0].messages[0].images == []
     assert "no candidates" in backend.requests[0].messages[0].text
+
+
+HINT = "The user says it is in South America (constraint: continent South America)"
+
+
+def test_a_hint_is_shown_to_the_vlm_in_every_variant_and_recorded(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0, 2], "vlm.samples_per_variant": 1})
+    backend = doubles.ScriptedBackend([[doubles.answer_json()]] * 2)
+    result = _run(reason(image, _retrieval(), backend, config, geocoder, hint=f"  {HINT}\n"))
+    assert len(backend.requests) == 2
+    for request, record in zip(backend.requests, result.prompts, strict=True):
+        sent = request.messages[0].text
+        assert HINT in sent and "What the user told us" in sent
+        assert sent == record.rendered  # the trace records exactly what the VLM was shown
+    assert load_template("geo_reasoning").version != "1"  # the template changed: its version says so
+
+
+@pytest.mark.parametrize("hint", [None, "", "   "])
+def test_without_a_hint_there_is_no_user_block(doubles, image, geocoder, make_config, hint) -> None:
+    backend = doubles.ScriptedBackend([[doubles.answer_json()]])
+    result = _run(reason(image, RetrievalResult(), backend, make_config(**ONE_VARIANT), geocoder, hint=hint))
+    [record] = result.prompts
+    assert "What the user told us" not in backend.requests[0].messages[0].text
+    assert "What the user told us" not in record.rendered
+
+
+def _hypothesis(variant: str, index: int, clue: str, *, country: str = "Peru", city: str = "Lima") -> Hypothesis:
+    return Hypothesis(
+        clues=[Clue(observation=clue, implication=f"points to {country}")],
+        continent="South America", country=country, city=city, lat=-12.05, lon=-77.04, confidence=0.7,
+        raw_text="{}", template_id="geo_reasoning", template_hash="h", model="scripted-vlm",
+        variant=variant, sample_index=index,
+    )
+
+
+def _trace(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> Trace:
+    """A trace laid out as the locate graph writes it (reason and verify events)."""
+    return Trace(
+        trace_id="t1", image=prediction.image, config_hash="c", prediction=prediction,
+        events=[
+            TraceEvent(step="reason", started_at=0.0, duration_s=1.0,
+                       outputs={"hypotheses": [h.model_dump(mode="json") for h in hypotheses], "failures": []}),
+            TraceEvent(step="verify", started_at=1.0, duration_s=0.1,
+                       outputs={"candidates": [c.model_dump(mode="json") for c in candidates]}),
+        ],
+    )
+
+
+def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
+    ranked = [
+        Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.83, confidence=0.6,
+                  scores={"geoclip": 0.71, "vlm_agreement": 0.94}, place=Place(country="Peru", city="Lima")),
+        Candidate(lat=-33.45, lon=-70.67, source=CandidateSource.GPS_GALLERY, score=0.41, confidence=0.3),
+    ]
+    prediction = Prediction(
+        image=ImageRef(path="photo.jpg"), lat=-12.05, lon=-77.04, confidence=0.6, alternatives=ranked[:1],
+        sources_used=["gps-gallery", "vlm"],
+        failures=[StepFailure(step="reason", error="1 of 3 VLM replies were unusable (not JSON)")],
+    )
+    hypotheses = [_hypothesis("neighbors-0", 0, "yellow taxis"), _hypothesis("neighbors-5", 0, "adobe walls")]
+    backend = doubles.ScriptedBackend([["Because of the taxis."]])
+    trace = _trace(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, prediction, "Why Lima?", config=make_config(), trace=trace))
+    text = backend.requests[0].messages[0].text
+    for expected in (
+        "score 0.83", "geoclip 0.71", "vlm_agreement 0.94",  # the top candidate with its component scores
+        "-33.4500, -70.6700",  # a ranked candidate the prediction's alternatives do not list
+        "neighbors-0", "yellow taxis", "neighbors-5", "adobe walls",  # the VLM's answers per variant
+        "gps-gallery, vlm", "not JSON", "Why Lima?",
+    ):
+        assert expected in text
+    assert load_template("chat_followup").version != "1"
+
+
+def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_config) -> None:
+    long_text = "a very long observation " * 200
+    ranked = [
+        Candidate(lat=-12.0 - i * 0.01, lon=-77.0, source=CandidateSource.VLM, score=0.9 - i * 1e-4,
+                  confidence=0.001, scores={"geoclip": 0.5}, place=Place(country="Peru", city=long_text))
+        for i in range(500)
+    ]
+    hypotheses = [
+        _hypothesis(f"neighbors-{i % 4}", i // 4, long_text, city=long_text).model_copy(
+            update={"clues": [Clue(observation=f"clue {j} {long_text}", implication=long_text) for j in range(10)]}
+        )
+        for i in range(200)
+    ]
+    prediction = Prediction(
+        image=ImageRef(path="photo.jpg"), lat=-12.0, lon=-77.0, confidence=0.1, alternatives=ranked[:50],
+        clues=[Clue(observation=long_text, implication=long_text)] * 100,
+        sources_used=["vlm"], failures=[StepFailure(step="reason", error=long_text)] * 50,
+    )
+    backend = doubles.ScriptedBackend([["Peru."]])
+    trace = _trace(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, prediction, "Why Peru?", config=make_config(), trace=trace))
+    text = backend.requests[0].messages[0].text
+    # About 2,000 tokens at most, whatever the trace holds (about 20 million characters here).
+    assert len(text) < 8000
+    assert "score 0.90" in text and "top 5 of 500" in text
+    # Each variant is represented before any variant shows a second answer.
+    assert all(f"neighbors-{i}:" in text for i in range(4))
+    assert text.rstrip().endswith("Why Peru?")
