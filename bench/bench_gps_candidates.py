@@ -37,10 +37,10 @@ def main() -> None:
     import torch.nn.functional as F
     from geoclip import LocationEncoder as GeoCLIPLocationEncoderModule
     from geoclip.model.misc import file_dir, load_gps_data
-    from geosleuth.index.encoders import GeoCLIPLocationEncoder, geoclip_weights_file
-    from geosleuth.index.gps_gallery import GEOCLIP_GALLERY, GPSGallery
 
     from geosleuth.config import expand_path
+    from geosleuth.index.encoders import GeoCLIPLocationEncoder, geoclip_weights_file
+    from geosleuth.index.gps_gallery import GEOCLIP_GALLERY, GPSGallery
 
     load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {load_avg}")
