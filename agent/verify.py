@@ -20,10 +20,13 @@ scores when it is off or does not apply to it):
   Not applicable to other candidates (they state no place) nor to answers stating none.
 
 A candidate's score is the weighted mean of the components that apply to it (weights in
-``config.verify``; weight 0 turns a component off everywhere, for ablations). Candidates outside a
-user constraint are rejected (kept for the trace, never ranked). ``confidence`` is each candidate's
-share of the ranked pool's total score (sums to 1): with GeoCLIP alone that is GeoCLIP's own softmax
-over the pool; a sharper softmax of the scores would claim certainty the evidence does not give.
+``config.verify``; weight 0 turns a component off everywhere, for ablations).
+``config.verify.candidate_sources`` limits which sources' locations enter the pool (the answer is
+one of them); the other sources' neighbours and answers still count as support and agreement.
+Candidates outside a user constraint are rejected (kept for the trace, never ranked).
+``confidence`` is each candidate's share of the ranked pool's total score (sums to 1): with GeoCLIP
+alone that is GeoCLIP's own softmax over the pool; a sharper softmax of the scores would claim
+certainty the evidence does not give.
 """
 
 from __future__ import annotations
@@ -79,9 +82,14 @@ def weights_of(config: VerifyConfig) -> dict[str, float]:
 
 
 def candidate_pool(
-    retrieval: RetrievalResult, hypotheses: Sequence[Hypothesis], constraints: Sequence[Constraint] = ()
+    retrieval: RetrievalResult,
+    hypotheses: Sequence[Hypothesis],
+    constraints: Sequence[Constraint] = (),
+    *,
+    sources: Sequence[str] | None = None,
 ) -> list[Candidate]:
-    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user)."""
+    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user);
+    ``sources`` (CandidateSource values, e.g. ``["vlm"]``) keeps only those sources' candidates."""
     pool = [
         Candidate(lat=n.lat, lon=n.lon, source=CandidateSource.RETRIEVAL, source_ref=n.id, place=n.place)
         for n in retrieval.neighbors
@@ -99,6 +107,8 @@ def candidate_pool(
         for c in constraints
         if c.kind == "circle" and c.lat is not None and c.lon is not None
     ]
+    if sources is not None:
+        pool = [c for c in pool if c.source.value in sources]
     return pool
 
 
@@ -119,7 +129,7 @@ def verify(
             "every verification weight is 0 (verify.w_geoclip, w_neighbor_support, w_vlm_agreement, "
             "w_geo_consistency): turn at least one on"
         )
-    pool = candidate_pool(retrieval, hypotheses, constraints)
+    pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources)
     vlm_rows = [i for i, c in enumerate(pool) if c.source == CandidateSource.VLM]
     components = _component_status(weights, retrieval, hypotheses, geoclip_embedding, location_encoder)
     if not pool:
@@ -142,7 +152,8 @@ def verify(
         per_component[VLM_AGREEMENT] = vlm_agreement(lat, lon, hypotheses, radius)
     if components[GEO_CONSISTENCY] == "on":
         consistency = np.full(len(pool), np.nan)
-        for row, hypothesis in zip(vlm_rows, hypotheses, strict=True):
+        # VLM answers left out of the pool (verify.candidate_sources) have no row to score.
+        for row, hypothesis in zip(vlm_rows, hypotheses if vlm_rows else (), strict=True):
             place = pool[row].place
             assert place is not None
             value = geo_consistency(hypothesis, place, geocoder)

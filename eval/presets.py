@@ -97,7 +97,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "vlm-zero-shot", "baseline",
-            "the VLM alone: no retrieved context, answers ranked by agreement between samples",
+            "the VLM alone: no retrieved context, answers ranked by agreement between samples "
+            "(as many VLM samples as full)",
             ("prompts.neighbor_counts=[0]", *_NO_RETRIEVAL, *_ONLY_VLM_AGREEMENT, *_SAME_VLM_BUDGET,
              'verify.candidate_sources=["vlm"]'),
             uses_vlm=True,
@@ -106,13 +107,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "no-retrieval", "ablation",
             "full without retrieval: no gallery neighbours or GPS candidates (neither shown to the VLM nor as "
-            "candidates); verification unchanged",
+            "candidates); verification unchanged; as many VLM samples as full",
             ("prompts.neighbor_counts=[0]", *_NO_RETRIEVAL, *_SAME_VLM_BUDGET),
             uses_vlm=True,
         ),
         Preset(
             "no-diversification", "ablation",
-            "full with one prompt variant (the largest neighbour count) instead of several",
+            "full with one prompt variant (the largest neighbour count) instead of several, as many VLM samples",
             ("prompts.neighbor_counts=[{largest_neighbor_count}]", *_SAME_VLM_BUDGET),
             uses_vlm=True,
         ),

@@ -111,6 +111,12 @@ class VerifyConfig(_Section):
     w_geo_consistency: float = Field(0.5, ge=0, description="stated country/region matches the reverse-geocoded place")
     support_radius_km: float = Field(200.0, gt=0)
     refine_radius_km: float = Field(25.0, ge=0, description="0 = no refinement of the winner within its cluster")
+    candidate_sources: list[Literal["retrieval", "gps-gallery", "vlm", "user"]] = Field(
+        default_factory=lambda: ["retrieval", "gps-gallery", "vlm", "user"],
+        min_length=1,
+        description="whose locations may be the answer (retrieval = gallery neighbours); the others still "
+        "count as evidence (ablations, e.g. ['vlm'] = pick among the VLM's answers only)",
+    )
     top_k: int = Field(5, ge=1, description="ranked alternatives reported")
 
 

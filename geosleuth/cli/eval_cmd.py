@@ -200,3 +200,9 @@ def compare(
             typer.echo(f"### {dataset_name}\n\n{compare_markdown(runs, dataset_name)}\n")
         else:
             console.print(compare_table(runs, dataset_name))
+
+
+# `eval run` and `eval presets` live in their own module.
+from geosleuth.cli import eval_run_cmd  # noqa: E402
+
+eval_run_cmd.register(app)
