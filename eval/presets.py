@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # The very parser --set uses, so a preset's string means what it would mean on the command line.
-from geosleuth.config import Config, _parse_value, _set_path
+from geosleuth.config import Config, apply_overrides
 from geosleuth.errors import ConfigError
 
 DEFAULT_PRESET = "full"
@@ -149,20 +149,8 @@ def get_preset(name: str) -> Preset:
 
 
 def with_overrides(config: Config, overrides: Sequence[str], *, origin: str = "override") -> Config:
-    """``config`` with ``section.key=value`` strings applied in order (later wins), validated.
-
-    Values are read as ``--set`` reads them (TOML scalars and arrays, else strings).
-    """
-    tree = config.model_dump(mode="json")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{origin} {item!r}: expected SECTION.KEY=VALUE")
-        _set_path(tree, key.strip(), _parse_value(raw.strip()), f"{origin} {item!r}")
-    try:
-        return Config.model_validate(tree)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration after {origin}s {list(overrides)}: {exc}") from None
+    """``config`` with ``section.key=value`` strings applied in order (later wins), validated."""
+    return apply_overrides(config, overrides, origin=origin)
 
 
 def preset_config(

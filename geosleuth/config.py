@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -196,17 +196,31 @@ def load_config(
         if name.startswith(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_path(tree, dotted, _parse_value(raw), f"environment variable {name}")
-    for item in overrides or []:
+    _apply_assignments(tree, overrides or [], "--set")
+    return _validated(tree, f" (from {file})" if file else "")
+
+
+def _apply_assignments(tree: dict[str, Any], assignments: Sequence[str], origin: str) -> None:
+    for item in assignments:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        _set_path(tree, key.strip(), _parse_value(raw.strip()), f"--set {item!r}")
+            raise ConfigError(f"{origin} {item!r}: expected SECTION.KEY=VALUE")
+        _set_path(tree, key.strip(), _parse_value(raw.strip()), f"{origin} {item!r}")
+
+
+def _validated(tree: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        where = f" (from {file})" if file else ""
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
+
+
+def apply_overrides(config: Config, assignments: Sequence[str], *, origin: str = "--set") -> Config:
+    """``config`` with ``section.key=value`` strings applied in order (later wins), read as ``--set`` reads them."""
+    tree = config.model_dump(mode="json")
+    _apply_assignments(tree, assignments, origin)
+    return _validated(tree, f" after {origin} {list(assignments)}")
 
 
 def expand_path(path: Path) -> Path:
