@@ -23,3 +23,12 @@ def geoclip_location_encoder():
     from geosleuth.index.encoders import create_location_encoder
 
     return create_location_encoder(EncoderConfig(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MP16-style table (6 photos per country, 7 countries) of JPEGs that also carry EXIF GPS;
+    returns the table's path (images under ``<its folder>/images``). Treat as read-only."""
+    from geosleuth.testing.synthetic import make_synthetic_gallery
+
+    return make_synthetic_gallery(tmp_path_factory.mktemp("synthetic"), 6, image_format="jpeg", exif_gps=True)
