@@ -614,15 +614,7 @@ def run_batch(
     items: Iterable[BatchItem],
     locate_fn: LocateFn,
     out_path: str | os.PathLike[str],
-    *,
-    resume: bool = False,
-    concurrency: int = 8,
-    on_result: ResultCallback | None = None,
-    on_start: StartCallback | None = None,
-    overwrite: bool = False,
-    retry_errors: bool = False,
-    fsync: bool = True,
-    fatal_errors: tuple[type[BaseException], ...] = DEFAULT_FATAL_ERRORS,
+    **options: Any,
 ) -> BatchSummary:
     """Locate ``items`` with ``locate_fn``, appending one JSON line per image to ``out_path``.
 
@@ -634,16 +626,16 @@ def run_batch(
     - An exception from ``locate_fn`` is recorded as that image's error line, except ``fatal_errors``,
       which stop the run (:class:`BatchAborted`). Ctrl-C raises :class:`BatchInterrupted`.
     Both carry the summary; finished lines are never lost.
+
+    ``options`` are the keyword arguments of :func:`arun_batch` (same names and defaults: ``resume``,
+    ``concurrency``, ``on_result``, ``on_start``, ``overwrite``, ``retry_errors``, ``fsync``,
+    ``fatal_errors``), except ``summary``.
     """
+    if "summary" in options:
+        raise TypeError("run_batch() got an unexpected keyword argument 'summary'")
     summary = BatchSummary(Path(out_path))
     try:
-        return asyncio.run(
-            arun_batch(
-                items, locate_fn, out_path, resume=resume, concurrency=concurrency, on_result=on_result,
-                on_start=on_start, overwrite=overwrite, retry_errors=retry_errors, fsync=fsync,
-                fatal_errors=fatal_errors, summary=summary,
-            )
-        )
+        return asyncio.run(arun_batch(items, locate_fn, out_path, summary=summary, **options))
     except (KeyboardInterrupt, asyncio.CancelledError):
         summary.interrupted = True
         raise BatchInterrupted(

@@ -346,13 +346,14 @@ class LocatePipeline:
         self,
         image_path: str,
         *,
-        constraints: Sequence[Constraint],
-        top_k: int | None,
-        exclude_ids: Sequence[str],
-        exclude_authors: Sequence[str],
-        prior_reasoning: ReasoningResult | None,
-        hint: str | None,
+        constraints: Sequence[Constraint] = (),
+        top_k: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_authors: Sequence[str] = (),
+        prior_reasoning: ReasoningResult | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
+        """The start state of one run: the keyword options of :meth:`run` and :meth:`stream`."""
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         return initial_state(
@@ -367,43 +368,22 @@ class LocatePipeline:
             hint=hint,
         )
 
-    async def run(
-        self,
-        image_path: str,
-        *,
-        constraints: Sequence[Constraint] = (),
-        top_k: int | None = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        prior_reasoning: ReasoningResult | None = None,
-        hint: str | None = None,
-    ) -> LocateOutcome:
-        """Locate one image. ``hint``: what the user told us, shown to the VLM (with ``constraints``,
-        the areas it stands for, applied to retrieval and verification); not shown when
-        ``prior_reasoning`` is reused."""
-        start = self._start(
-            image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
-            exclude_authors=exclude_authors, prior_reasoning=prior_reasoning, hint=hint,
-        )
+    async def run(self, image_path: str, **options: Any) -> LocateOutcome:
+        """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
+        ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
+        us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
+        verification); not shown when ``prior_reasoning`` is reused."""
+        start = self._start(image_path, **options)
         final = await self.graph.ainvoke(start, context=self.resources)
         return self.outcome(final)
 
-    async def stream(
-        self,
-        image_path: str,
-        *,
-        constraints: Sequence[Constraint] = (),
-        top_k: int | None = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        hint: str | None = None,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ...})``."""
-        start = self._start(
-            image_path, constraints=constraints, top_k=top_k, exclude_ids=exclude_ids,
-            exclude_authors=exclude_authors, prior_reasoning=None, hint=hint,
-        )
+        ``("done", {"prediction": ..., "trace": ...})``. ``options``: those of :meth:`run` but
+        ``prior_reasoning``."""
+        if "prior_reasoning" in options:
+            raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
+        start = self._start(image_path, **options)
         final: dict[str, Any] | None = None
         async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
             if mode == "values":

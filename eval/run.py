@@ -481,20 +481,8 @@ def run_evaluation(
     images_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    preset: str = DEFAULT_PRESET,
-    config: Config | None = None,
-    limit: int | None = None,
-    exclude_same_author: bool = False,
-    concurrency: int | None = None,
-    resume: bool = True,
-    overwrite: bool = False,
-    overrides: Sequence[str] = (),
-    save_traces: bool = False,
-    resamples: int = 1000,
-    seed: int = 0,
     on_start: StartCallback | None = None,
-    on_result: ResultCallback | None = None,
-    on_loaded: Callable[[Resources], None] | None = None,
+    **options: Any,
 ) -> RunResult:
     """Run benchmark ``dataset_name`` through preset ``preset`` into ``out_dir``, score and report it.
 
@@ -511,6 +499,10 @@ def run_evaluation(
     - ``save_traces``: one trace JSON per image under ``out_dir/traces``.
     - ``resamples`` / ``seed``: bootstrap intervals of the metrics.
 
+    ``options`` are the keyword arguments of :func:`arun_evaluation` (same names and defaults: ``preset``,
+    ``config``, ``limit``, ``exclude_same_author``, ``concurrency``, ``resume``, ``overwrite``, ``overrides``,
+    ``save_traces``, ``resamples``, ``seed``, ``on_result``, ``on_loaded``).
+
     Raises BatchInterrupted (Ctrl-C) or BatchAborted (a setup error, e.g. the VLM server is down);
     the predictions written so far stay, and the manifest says where the run stopped.
     """
@@ -526,10 +518,7 @@ def run_evaluation(
     try:
         return asyncio.run(
             arun_evaluation(
-                dataset_name, truth_path_or_dir, images_dir, out_dir, preset=preset, config=config, limit=limit,
-                exclude_same_author=exclude_same_author, concurrency=concurrency, resume=resume,
-                overwrite=overwrite, overrides=overrides, save_traces=save_traces, resamples=resamples, seed=seed,
-                on_start=remember_start, on_result=on_result, on_loaded=on_loaded,
+                dataset_name, truth_path_or_dir, images_dir, out_dir, on_start=remember_start, **options
             )
         )
     except KeyboardInterrupt:

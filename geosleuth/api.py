@@ -127,14 +127,8 @@ class Geolocator:
     # -- one image ---------------------------------------------------------------------------
 
     def locate(
-        self,
-        image_path: ImagePath,
-        *,
-        top_k: int | None = None,
-        constraint: Constraints = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        hint: str | None = None,
+        self, image_path: ImagePath, *, top_k: int | None = None, constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (), exclude_authors: Sequence[str] = (), hint: str | None = None,
     ) -> Prediction:
         """Where ``image_path`` was taken. Raises ImageLoadError (naming the file) for a bad image.
 
@@ -142,57 +136,41 @@ class Geolocator:
         ``hint``: what you know about the place, in words (e.g. "it is in South America"); the VLM
         is shown it. It restricts nothing by itself: pass ``constraint`` for that.
         """
-        return self._run_sync(
-            self.alocate(
-                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
-                exclude_authors=exclude_authors, hint=hint,
-            )
-        )
-
-    async def alocate(
-        self,
-        image_path: ImagePath,
-        *,
-        top_k: int | None = None,
-        constraint: Constraints = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        hint: str | None = None,
-    ) -> Prediction:
-        prediction, _ = await self.alocate_with_trace(
-            image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
-            exclude_authors=exclude_authors, hint=hint,
+        prediction, _ = self._run_sync(
+            self._alocate(image_path, top_k, constraint, exclude_ids, exclude_authors, hint)
         )
         return prediction
 
+    async def alocate(
+        self, image_path: ImagePath, *, top_k: int | None = None, constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (), exclude_authors: Sequence[str] = (), hint: str | None = None,
+    ) -> Prediction:
+        prediction, _ = await self._alocate(image_path, top_k, constraint, exclude_ids, exclude_authors, hint)
+        return prediction
+
     def locate_with_trace(
-        self,
-        image_path: ImagePath,
-        *,
-        top_k: int | None = None,
-        constraint: Constraints = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        hint: str | None = None,
+        self, image_path: ImagePath, *, top_k: int | None = None, constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (), exclude_authors: Sequence[str] = (), hint: str | None = None,
     ) -> tuple[Prediction, Trace]:
         """The prediction and its full trace (``trace.prediction`` is the same prediction)."""
-        return self._run_sync(
-            self.alocate_with_trace(
-                image_path, top_k=top_k, constraint=constraint, exclude_ids=exclude_ids,
-                exclude_authors=exclude_authors, hint=hint,
-            )
-        )
+        return self._run_sync(self._alocate(image_path, top_k, constraint, exclude_ids, exclude_authors, hint))
 
     async def alocate_with_trace(
+        self, image_path: ImagePath, *, top_k: int | None = None, constraint: Constraints = None,
+        exclude_ids: Sequence[str] = (), exclude_authors: Sequence[str] = (), hint: str | None = None,
+    ) -> tuple[Prediction, Trace]:
+        return await self._alocate(image_path, top_k, constraint, exclude_ids, exclude_authors, hint)
+
+    async def _alocate(
         self,
         image_path: ImagePath,
-        *,
-        top_k: int | None = None,
-        constraint: Constraints = None,
-        exclude_ids: Sequence[str] = (),
-        exclude_authors: Sequence[str] = (),
-        hint: str | None = None,
+        top_k: int | None,
+        constraint: Constraints,
+        exclude_ids: Sequence[str],
+        exclude_authors: Sequence[str],
+        hint: str | None,
     ) -> tuple[Prediction, Trace]:
+        """The one implementation behind locate / alocate / locate_with_trace / alocate_with_trace."""
         outcome = await self._arun(
             LocateRequest(
                 os.fspath(image_path), constraint=constraint, top_k=top_k,

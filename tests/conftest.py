@@ -21,3 +21,14 @@ def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from geosleuth.testing.tiny_vlm import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_vlm"))
+
+
+@pytest.fixture(scope="session")
+def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 real GPS-gallery points (every 50th of GeoCLIP's 100K), as a CSV."""
+    from geosleuth.index.gps_gallery import geoclip_gallery_csv
+
+    lines = geoclip_gallery_csv().read_text().splitlines()
+    out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
+    out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,22 +118,35 @@ def _training_corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer() -> Any:
-    """Train a byte-level BPE tokenizer in memory and wrap it as a transformers fast tokenizer."""
+def train_byte_level_tokenizer(corpus: list[str], *, special_tokens: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained in memory on ``corpus`` (deterministic).
+
+    The trainer gives ``special_tokens`` the first ids, in order. Shared with ``tiny_vlm`` (this
+    module imports nothing from geosleuth, so it can import this one).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=1,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
+def build_tokenizer() -> Any:
+    """Train a byte-level BPE tokenizer in memory and wrap it as a transformers fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_level_tokenizer(
+        _training_corpus(), special_tokens=SPECIAL_TOKENS, vocab_size=TOKENIZER_VOCAB_SIZE
+    )
     for t in SPECIAL_TOKENS:  # the trainer puts special tokens first; check the ids we rely on
         assert tok.token_to_id(t) == SPECIAL_TOKENS.index(t), t
     hf_tok = PreTrainedTokenizerFast(

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geosleuth.testing.tiny_qwen_vl import train_byte_level_tokenizer
+
 SEED = 1234
 
 PAD_TOKEN = "<pad>"
@@ -74,20 +76,9 @@ def _corpus() -> list[str]:
 
 def build_tokenizer() -> Any:
     """A byte-level BPE tokenizer trained in memory, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
-        min_frequency=1,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok = train_byte_level_tokenizer(_corpus(), special_tokens=SPECIAL_TOKENS, vocab_size=TOKENIZER_VOCAB_SIZE)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,

@@ -141,30 +141,19 @@ def tiny_image_encoder(tiny_clip_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def gps_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2,000 real GPS-gallery points (every 50th of GeoCLIP's 100K), as a CSV."""
-    from geosleuth.index.gps_gallery import geoclip_gallery_csv
-
-    lines = geoclip_gallery_csv().read_text().splitlines()
-    out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
-    out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
-    return out
-
-
-@pytest.fixture(scope="session")
-def gps_gallery(gps_csv: Path, location_encoder: Any) -> Any:
+def gps_gallery(gps_2k_csv: Path, location_encoder: Any) -> Any:
     from geosleuth.index.gps_gallery import GPSGallery
 
-    return GPSGallery.load(str(gps_csv), location_encoder, cache_dir=None)
+    return GPSGallery.load(str(gps_2k_csv), location_encoder, cache_dir=None)
 
 
 @pytest.fixture
-def base_config(tmp_path: Path, gps_csv: Path, tiny_clip_dir: Path) -> Config:
+def base_config(tmp_path: Path, gps_2k_csv: Path, tiny_clip_dir: Path) -> Config:
     """Small and fast: 2K GPS gallery, few samples, short generations, sessions under tmp_path."""
     return Config.model_validate(
         {
             "encoders": {"image_model": str(tiny_clip_dir), "device": "cpu", "dtype": "float32"},
-            "index": {"gps_gallery": str(gps_csv), "cache_dir": str(tmp_path / "cache")},
+            "index": {"gps_gallery": str(gps_2k_csv), "cache_dir": str(tmp_path / "cache")},
             "retrieval": {"k_neighbors": 5, "k_dissimilar": 2, "k_gps": 10},
             "vlm": {"backend": "none", "samples_per_variant": 2, "max_new_tokens": 24, "device": "cpu"},
             "prompts": {"neighbor_counts": [0, 5]},

@@ -216,17 +216,6 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2,000 real GPS-gallery points (every 50th of GeoCLIP's 100K)."""
-    from geosleuth.index.gps_gallery import geoclip_gallery_csv
-
-    lines = geoclip_gallery_csv().read_text().splitlines()
-    out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
-    out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
-    return out
-
-
-@pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_vlm_dir: Path,
                 gps_2k_csv: Path) -> Path:
     """A geosleuth.toml for the real pipeline with tiny random models: tiny CLIP + GeoCLIP's real

@@ -21,17 +21,6 @@ def run_image_encoder(tiny_clip_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def run_gps_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2,000 real GPS-gallery points (every 50th of GeoCLIP's 100K), as a CSV."""
-    from geosleuth.index.gps_gallery import geoclip_gallery_csv
-
-    lines = geoclip_gallery_csv().read_text().splitlines()
-    out = tmp_path_factory.mktemp("run_gps") / "gps_2k.csv"
-    out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
-    return out
-
-
-@pytest.fixture(scope="session")
 def run_gallery(tmp_path_factory: pytest.TempPathFactory, run_image_encoder: Any) -> dict[str, Path]:
     """A real FAISS gallery store of 35 synthetic photos (5 per country, 3 authors per country).
 
@@ -68,7 +57,7 @@ def run_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_config(
-    tiny_clip_dir: Path, tiny_vlm_dir: Path, run_gps_csv: Path, run_gallery: dict[str, Path], run_cache_dir: Path
+    tiny_clip_dir: Path, tiny_vlm_dir: Path, gps_2k_csv: Path, run_gallery: dict[str, Path], run_cache_dir: Path
 ) -> Config:
     """Everything real and small: tiny CLIP + GeoCLIP head, GeoCLIP's location encoder, a 2K GPS
     gallery, the synthetic gallery store, the tiny LLaVA in process with short replies. Shared: copy
@@ -77,7 +66,7 @@ def run_config(
         {
             "encoders": {"image_model": str(tiny_clip_dir), "device": "cpu", "dtype": "float32"},
             "index": {
-                "gallery": str(run_gallery["store"]), "gps_gallery": str(run_gps_csv), "cache_dir": str(run_cache_dir),
+                "gallery": str(run_gallery["store"]), "gps_gallery": str(gps_2k_csv), "cache_dir": str(run_cache_dir),
             },
             "retrieval": {"k_neighbors": 5, "k_dissimilar": 2, "k_gps": 10},
             "vlm": {
