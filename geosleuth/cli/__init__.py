@@ -6,6 +6,8 @@ functions, so ``geosleuth --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -63,4 +65,9 @@ app.add_typer(config_cmd.app, name="config", help="Show the effective configurat
 
 
 def main() -> None:
+    # The console's progress is ours: silence transformers' per-load weight bars and advisory warnings
+    # (users can still opt back in through the same variables). `models pull` keeps its download bars.
+    if sys.argv[1:2] != ["models"]:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     app()
