@@ -32,3 +32,24 @@ def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
     out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def write_tiny_config(tiny_clip_dir: Path, gps_2k_csv: Path):
+    """A function writing ``folder/geosleuth.toml`` for the real pipeline on tiny models: tiny CLIP + GeoCLIP's
+    real heads on CPU, the 2K GPS gallery, a cache under ``folder``; ``sections`` override/extend it, e.g.
+    ``vlm={"backend": "openai", ...}``."""
+    from geosleuth.config import Config
+
+    def write(folder: Path, **sections: dict) -> Path:
+        tree: dict[str, dict] = {
+            "encoders": {"image_model": str(tiny_clip_dir), "device": "cpu", "dtype": "float32"},
+            "index": {"gps_gallery": str(gps_2k_csv), "cache_dir": str(folder / "cache")},
+        }
+        for name, values in sections.items():
+            tree.setdefault(name, {}).update(values)
+        path = folder / "geosleuth.toml"
+        path.write_text(Config.model_validate(tree).to_toml())
+        return path
+
+    return write

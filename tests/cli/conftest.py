@@ -216,33 +216,13 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_config(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_vlm_dir: Path,
-                gps_2k_csv: Path) -> Path:
+def tiny_config(tmp_path_factory: pytest.TempPathFactory, tiny_vlm_dir: Path, write_tiny_config) -> Path:
     """A geosleuth.toml for the real pipeline with tiny random models: tiny CLIP + GeoCLIP's real
     heads, a 2K GPS gallery, the tiny LLaVA in process (one prompt variant, one sample)."""
-    folder = tmp_path_factory.mktemp("tiny-config")
-    path = folder / "geosleuth.toml"
-    path.write_text(
-        f"""
-[encoders]
-image_model = "{tiny_clip_dir}"
-device = "cpu"
-dtype = "float32"
-[index]
-gps_gallery = "{gps_2k_csv}"
-cache_dir = "{folder / 'cache'}"
-[retrieval]
-k_neighbors = 5
-k_gps = 10
-[vlm]
-backend = "transformers"
-model = "{tiny_vlm_dir}"
-device = "cpu"
-samples_per_variant = 1
-max_new_tokens = 24
-concurrency = 2
-[prompts]
-neighbor_counts = [0]
-"""
+    return write_tiny_config(
+        tmp_path_factory.mktemp("tiny-config"),
+        retrieval={"k_neighbors": 5, "k_gps": 10},
+        vlm={"backend": "transformers", "model": str(tiny_vlm_dir), "device": "cpu", "samples_per_variant": 1,
+             "max_new_tokens": 24, "concurrency": 2},
+        prompts={"neighbor_counts": [0]},
     )
-    return path

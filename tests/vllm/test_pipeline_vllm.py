@@ -17,37 +17,14 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def server_config(vllm_server, tiny_clip_dir: Path, gps_2k_csv: Path, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("vllm-pipeline")
-    path = folder / "geosleuth.toml"
-    path.write_text(
-        f"""
-[encoders]
-image_model = "{tiny_clip_dir}"
-device = "cpu"
-dtype = "float32"
-
-[index]
-gps_gallery = "{gps_2k_csv}"
-cache_dir = "{folder / 'cache'}"
-
-[retrieval]
-k_gps = 10
-
-[vlm]
-backend = "openai"
-base_url = "{vllm_server.base_url}"
-server_model = "{vllm_server.model}"
-samples_per_variant = 2
-max_new_tokens = 256
-timeout_s = 60
-concurrency = 4
-
-[prompts]
-neighbor_counts = [0, 5]
-"""
+def server_config(vllm_server, write_tiny_config, tmp_path_factory) -> Path:
+    return write_tiny_config(
+        tmp_path_factory.mktemp("vllm-pipeline"),
+        retrieval={"k_gps": 10},
+        vlm={"backend": "openai", "base_url": vllm_server.base_url, "server_model": vllm_server.model,
+             "samples_per_variant": 2, "max_new_tokens": 256, "timeout_s": 60, "concurrency": 4},
+        prompts={"neighbor_counts": [0, 5]},
     )
-    return path
 
 
 def test_locate_returns_a_prediction_and_trace_from_the_server(server_config: Path, tmp_path: Path) -> None:
