@@ -19,7 +19,7 @@ from geosleuth.eval.metrics import (
     threshold_hits,
 )
 from geosleuth.eval.predictions import PredictedLocation
-from geosleuth.geo import EARTH_MEAN_RADIUS_KM
+from geosleuth.geo import EARTH_MEAN_RADIUS_KM, haversine_km
 from geosleuth.types import Place
 
 
@@ -186,6 +186,16 @@ def test_recall_vs_area_constructed_case() -> None:
     assert [p.recall for p in pts25] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
     assert [p.recall for p in curves[200.0].points] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
     assert [p.recall for p in curves[2000.0].points] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+
+
+def test_recall_vs_area_cap_edge_is_outside() -> None:
+    """A candidate exactly ``radius_km`` away (the same haversine the caps use) does not recall its image:
+    the cap is open, as accuracy thresholds are strict."""
+    edge_km = float(haversine_km(0.0, 0.0, 0.0, 1.0))
+    truths = [GroundTruth("edge-then-inside", 0.0, 0.0), GroundTruth("inside", 0.0, 0.0)]
+    ranked = [[(0.0, 1.0), (0.0, 0.5)], [(0.0, 0.999)]]
+    (curve,) = recall_vs_area(truths, ranked, radii_km=[edge_km])
+    assert [(p.k, p.recall) for p in curve.points] == [(1, 0.5), (2, 1.0)]
 
 
 def test_evaluate_reports_rva_only_with_rankings() -> None:
