@@ -12,7 +12,7 @@ wider and filtered, and the GPS gallery is ranked among its points inside the co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
     from geosleuth.index.encoders import ImageEmbeddings
     from geosleuth.index.gps_gallery import GPSGallery
+    from geosleuth.index.store import ImageGallery
 
 SOURCE_GALLERY = "gallery"
 SOURCE_GPS_GALLERY = "gps-gallery"
@@ -35,7 +36,7 @@ _GPS_CHUNK = 4096
 
 def retrieve(
     embeddings: ImageEmbeddings,
-    store: Any | None,
+    store: ImageGallery | None,
     gps_gallery: GPSGallery | None,
     config: Config,
     geocoder: ReverseGeocoder,
@@ -72,7 +73,7 @@ def retrieve(
 
 
 def _neighbors(
-    store: Any,
+    store: ImageGallery,
     query: np.ndarray,
     k: int,
     ids: tuple[str, ...],

@@ -18,6 +18,7 @@ from geosleuth.geo import ReverseGeocoder
 if TYPE_CHECKING:
     from geosleuth.index.encoders import ImageEncoder, LocationEncoder
     from geosleuth.index.gps_gallery import GPSGallery
+    from geosleuth.index.store import ImageGallery
     from geosleuth.vlm.backends import VLMBackend
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ NO_GPS_GALLERY = ("", "none")
 class Resources:
     """Everything a locate run needs besides its inputs. ``None`` means "not configured".
 
-    ``store`` is a :class:`geosleuth.index.store.GalleryStore` (typed loosely so this module imports
-    without the FAISS store); ``backend`` None means retrieval only (``vlm.backend = "none"``).
+    ``store`` is an image gallery (:class:`geosleuth.index.store.GalleryStore` when loaded from the
+    configuration); ``backend`` None means retrieval only (``vlm.backend = "none"``).
     """
 
     config: Config
@@ -39,7 +40,7 @@ class Resources:
     geocoder: ReverseGeocoder = field(default_factory=ReverseGeocoder)
     location_encoder: LocationEncoder | None = None
     gps_gallery: GPSGallery | None = None
-    store: Any | None = None
+    store: ImageGallery | None = None
     backend: VLMBackend | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -97,9 +98,7 @@ class Resources:
         if self.gps_gallery is not None:
             ids["gps_gallery"] = f"{self.gps_gallery.source} ({len(self.gps_gallery)} points)"
         if self.store is not None:
-            manifest = getattr(self.store, "manifest", None)
-            where = str(getattr(self.store, "path", self.config.index.gallery))
-            ids["gallery"] = f"{where} ({manifest.count} images, {manifest.index_type})" if manifest else where
+            ids["gallery"] = self.store.describe()
         ids["vlm"] = self.backend.model_id if self.backend is not None else "none"
         return ids
 
@@ -109,6 +108,5 @@ class Resources:
             if self.backend is not None:
                 await self.backend.aclose()
         finally:
-            close_store = getattr(self.store, "close", None)
-            if close_store is not None:
-                close_store()
+            if self.store is not None:
+                self.store.close()
