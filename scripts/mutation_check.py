@@ -149,6 +149,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "GPS-gallery candidates proposed at (lon, lat)",
     ),
     Mutation(
+        "exif-west-longitude", "geosleuth/imageio.py",
+        'lon=-lon if lon_ref == "W" else lon',
+        "lon=lon",
+        ("tests/index/test_imageio.py",),
+        "a photo's own EXIF GPS west of Greenwich reported in the eastern hemisphere",
+    ),
+    Mutation(
         "store-exclusions", "index/store.py",
         "if r >= 0 and int(r) not in excluded[qi]",
         "if r >= 0",
