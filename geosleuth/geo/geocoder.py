@@ -101,8 +101,11 @@ class ReverseGeocoder:
             ashore = outside[coast_km[outside] <= self.coast_tolerance_km]
             country[ashore] = nearest[ashore]
         codes = [boundaries.countries[i].code if i >= 0 else None for i in country.tolist()]
-        rows, city_km = self.cities.nearest_in_country(lat, lon, codes)
         cities = self.cities
+        rows, city_km = cities.nearest_in_country(lat, lon, codes)
+        found = np.flatnonzero(rows >= 0)
+        text = {f: dict(zip(found.tolist(), cities.text(f, rows[found]), strict=True))
+                for f in ("name", "admin1", "admin2")}
         places = []
         for i, c in enumerate(country.tolist()):
             coast = None if np.isnan(coast_km[i]) else round(float(coast_km[i]), 3)
@@ -112,15 +115,14 @@ class ReverseGeocoder:
                                     nearest_country=self._names.name_of(off.code) or off.name))
                 continue
             area = boundaries.countries[c]
-            r = int(rows[i])
             places.append(Place(
                 continent=self._names.continent_of(area.code) or area.continent,
                 country_code=area.code,
                 country=self._names.name_of(area.code) or area.name,
-                admin1=(cities.admin1[r] or None) if r >= 0 else None,
-                admin2=(cities.admin2[r] or None) if r >= 0 else None,
-                city=(cities.name[r] or None) if r >= 0 else None,
-                city_distance_km=round(float(city_km[i]), 3) if r >= 0 else None,
+                admin1=text["admin1"].get(i) or None,
+                admin2=text["admin2"].get(i) or None,
+                city=text["name"].get(i) or None,
+                city_distance_km=round(float(city_km[i]), 3) if rows[i] >= 0 else None,
                 coast_km=coast,
             ))
         return places
