@@ -211,6 +211,7 @@ def draw_basemap(ax: Axes, bbox: Sequence[float], *, boundaries: CountryBoundari
     """
     from matplotlib.collections import PathCollection
     from matplotlib.path import Path as MplPath
+    from matplotlib.ticker import FuncFormatter
 
     box = _check_bbox(bbox)
     x0, y0, x1, y1 = box
@@ -226,3 +227,5 @@ def draw_basemap(ax: Axes, bbox: Sequence[float], *, boundaries: CountryBoundari
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_aspect("equal", adjustable="box")
+    if x0 < -180.0 or x1 > 180.0:  # label 182 as -178 on a map across the antimeridian
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{((v + 180.0) % 360.0) - 180.0:g}"))

