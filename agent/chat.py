@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import operator
 import re
-import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -156,10 +155,7 @@ _IN = re.compile(
 
 def _normalise(text: str) -> str:
     """Lower case, no accents, apostrophes as spaces, commas kept, other punctuation dropped."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = "".join(ch if ch.isalnum() or ch in ",." else " " for ch in text)
-    return " ".join(text.replace(" ,", ",").split()).strip(" .")
+    return fold(text, keep=",.").replace(" ,", ",").strip(" .")
 
 
 def parse_hint(message: str, resolver: PlaceResolver) -> Hint:

@@ -59,3 +59,8 @@ def test_a_file_that_is_not_natural_earth_is_refused(tmp_path):
 )
 def test_fold_name(text, key):
     assert fold_name(text) == key
+
+
+def test_fold_name_can_keep_punctuation_for_the_hint_parser():
+    assert fold_name("Within 20 km of Lima, Perú.", keep=",.") == "within 20 km of lima, peru."
+    assert fold_name("Lima, Peru", keep=",.") == fold_name("Lima, Perú", keep=",.") == "lima, peru"
