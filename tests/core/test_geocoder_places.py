@@ -78,10 +78,11 @@ def test_distance_off_the_coast_is_measured_on_the_sphere(geocoder):
 
 
 def test_coast_tolerance_puts_beach_photos_on_land_and_keeps_boats_at_sea():
-    # Cascais beach: just outside Natural Earth's generalised coastline.
-    place = ReverseGeocoder().lookup(38.6979, -9.4215)
-    assert place.country_code == "PT" and not place.at_sea and 0 < place.coast_km < 1.0
-    assert ReverseGeocoder(coast_tolerance_km=0.0).lookup(38.6979, -9.4215).at_sea
+    # Namibia's Skeleton Coast, no town near: 0.6 km outside Natural Earth's generalised coastline.
+    place = ReverseGeocoder().lookup(-20.0, 13.016)
+    assert place.country_code == "NA" and not place.at_sea and 0 < place.coast_km < 1.0
+    strict = ReverseGeocoder(coast_tolerance_km=0.0).lookup(-20.0, 13.016)
+    assert strict.at_sea and strict.nearest_country_code == "NA"
     with pytest.raises(ValueError, match="coast_tolerance_km"):
         ReverseGeocoder(coast_tolerance_km=-1)
 
@@ -122,6 +123,39 @@ def test_poles(geocoder):
 def test_german_point_of_view_edition_and_iso_code_quirks(geocoder, lat, lon, code, name):
     place = geocoder.lookup(lat, lon)
     assert (place.country_code, place.country) == (code, name)
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "code", "city"),
+    [
+        (16.24, -61.53, "GP", "Pointe-a-Pitre"),  # in Natural Earth's France polygon
+        (-20.90, 55.45, "RE", "Saint-Denis"),
+        (4.93, -52.33, "GF", "Cayenne"),
+        (12.15, -68.27, "BQ", "Kralendijk"),  # in the Netherlands polygon
+        (78.22, 15.65, "SJ", "Longyearbyen"),  # in the Norway polygon
+        (-10.42, 105.68, "CX", "Flying Fish Cove"),  # "Indian Ocean Territories", ISO_A2_EH = AU
+    ],
+)
+def test_overseas_territories_inside_a_countrys_polygon_are_named_as_iso_codes_them(geocoder, lat, lon, code, city):
+    # Not "Europe > France > Brittany > Plogoff, 6,229 km away": the town is searched in the
+    # territory too, and the territory's code (what a model answering "Guadeloupe" maps to) is used.
+    place = geocoder.lookup(lat, lon)
+    assert (place.country_code, place.city) == (code, city) and place.city_distance_km < 10
+    assert place.continent == geocoder.continent_of(code)
+
+
+def test_golan_heights_gap_in_this_edition_is_syria(geocoder):
+    # The German point-of-view file has a hole there; Germany sees the Golan Heights as Syrian.
+    for lat, lon in [(33.0, 35.75), (32.85, 35.72), (33.2, 35.75)]:
+        place = geocoder.lookup(lat, lon)
+        assert place.country_code == "SY" and not place.at_sea
+
+
+def test_atolls_too_small_for_the_polygons_are_land_next_to_their_town(geocoder):
+    place = geocoder.lookup(6.2059, 160.7033)  # Pingelap atoll, Micronesia: no 1:10m polygon
+    assert (place.country_code, place.city, place.at_sea) == ("FM", "Pingelap", False)
+    assert place.coast_km > 100  # it says how far the nearest polygon is
+    assert geocoder.lookup(6.2059, 160.80).at_sea  # 11 km east of the town: open sea
 
 
 def test_areas_without_an_iso_code_keep_their_name_and_get_no_code(geocoder):
