@@ -143,7 +143,8 @@ def test_reverse_geocoding_prints_nothing(capfd):
     ("name", "code"),
     [("Portugal", "PT"), ("united states", "US"), ("USA", "US"), ("Côte d'Ivoire", "CI"),
      ("The Netherlands", "NL"), ("UK", "GB"), ("JP", "JP"), ("Atlantis", None), ("", None),
-     ("DEU", "DE"), ("Russian Federation", "RU"), ("Türkiye", "TR"), ("Kosovo", "XK"), ("Holland", "NL")],
+     ("DEU", "DE"), ("Russian Federation", "RU"), ("Türkiye", "TR"), ("Kosovo", "XK"), ("Holland", "NL"),
+     ("Guadeloupe", "GP"), ("Réunion", "RE")],
 )
 def test_country_names_normalise_to_iso_codes(geocoder, name, code):
     assert geocoder.country_code(name) == code
