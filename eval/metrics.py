@@ -10,9 +10,11 @@ Conventions (what every number means):
   [0, 1]; tables show percentages.
 - Mean / median error: over the successful predictions only; ``n`` inside the estimate says how many.
 - Country / region / city accuracy: truth and prediction are reverse-geocoded with the shared
-  :class:`geosleuth.geo.ReverseGeocoder`; country = same ISO code; region = same country and same
-  admin1 (two empty admin1s in one country, e.g. Singapore, count as the same region); city = same
-  region and same nearest GeoNames place. An unknown country code never matches.
+  :class:`geosleuth.geo.ReverseGeocoder` (never the dataset's own place columns, so runs compare);
+  ``EvalMetrics.places`` records how. Country = same ISO code (Natural Earth polygons); region = same
+  country and same admin1 (two empty admin1s in one country, e.g. Singapore, count as the same
+  region); city = same region and same nearest GeoNames place. An unknown country code never
+  matches: a truth at sea (no country) is a miss at every level.
 - Intervals: percentile bootstrap over images (seeded, vectorised). Accuracies, GeoScore and
   place accuracies are resampled over all n images with one shared set of resamples; mean / median
   error over the successful predictions.
@@ -99,6 +101,7 @@ class EvalMetrics(_Model):
     rva: list[RvACurve] | None = None
     distance: str
     bootstrap: BootstrapSettings
+    places: str | None = None  # how truth and prediction places were derived (the geocoder's description)
 
 
 def distances_km(
@@ -330,6 +333,7 @@ def evaluate(
         country=column(n_t + 1) if geocoder is not None else None,
         region=column(n_t + 2) if geocoder is not None else None,
         city=column(n_t + 3) if geocoder is not None else None,
+        places=(getattr(geocoder, "description", None) or type(geocoder).__name__) if geocoder is not None else None,
         rva=rva,
         distance=DISTANCE_LABELS[distance],
         bootstrap=BootstrapSettings(resamples=resamples, seed=seed, confidence=confidence),

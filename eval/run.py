@@ -470,7 +470,7 @@ def _score_and_report(
     leakage = "own id and same-author gallery items excluded" if exclude_same_author else "own id excluded"
     report = write_report(
         out, metrics, truths, predictions, dataset=dataset_name,
-        title=f"{preset} on {dataset_name} ({leakage})", notes=notes,
+        title=f"{preset} on {dataset_name} ({leakage})", notes=notes, boundaries=resources.geocoder.boundaries,
     )
     return metrics, report
 

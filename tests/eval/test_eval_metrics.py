@@ -162,6 +162,24 @@ def test_country_accuracy_with_the_real_geocoder() -> None:
     assert m.region is not None and m.region.value == pytest.approx(1 / 3)
 
 
+def test_place_accuracy_at_borders_and_at_sea_with_the_real_geocoder() -> None:
+    from geosleuth.geo import ReverseGeocoder
+
+    truths = [GroundTruth("douglas", 31.345, -109.545), GroundTruth("juarez", 31.72, -106.45),
+              GroundTruth("sea", 30.0, -40.0), GroundTruth("basel", 47.56, 7.59)]
+    preds = [
+        _pred("douglas", 31.320, -109.545),  # 2.8 km away but across the border, in Mexico
+        _pred("juarez", 31.73, -106.46),  # same city
+        _pred("sea", 30.0, -40.0),  # exact, but at sea: there is no country to get right
+        _pred("basel", 47.555, 7.595),
+    ]
+    m = evaluate(truths, preds, geocoder=ReverseGeocoder(), resamples=0)
+    assert m.acc_km["25"].value == 1.0
+    assert m.country is not None and m.country.value == pytest.approx(2 / 4)
+    assert m.city is not None and m.city.value == pytest.approx(2 / 4)
+    assert m.places is not None and "Natural Earth" in m.places and "GeoNames" in m.places
+
+
 def test_no_geocoder_means_no_place_metrics() -> None:
     m = evaluate([GroundTruth("a", 0, 0)], [_pred("a", 0, 0)], resamples=0)
     assert m.country is None and m.region is None and m.city is None
