@@ -30,13 +30,15 @@ from geosleuth.agent.perceive import perceive
 from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
-from geosleuth.agent.state import Constraint, LocateState, contains_all, initial_state
+from geosleuth.agent.state import LocateState, initial_state
 from geosleuth.agent.verify import verify, weights_of
+from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
     CandidateSource,
     Prediction,
     ReasoningResult,
+    RunSummary,
     StepFailure,
     Trace,
     TraceEvent,
@@ -149,8 +151,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         return {"reasoning": None, "events": [_event(state, "reason", started, inputs, outputs)]}
 
     prior = state.get("prior_reasoning")
-    constraints = state.get("constraints", [])
-    if prior is not None and _still_fits(prior, constraints, res):
+    if prior is not None:  # the caller (the chat) chose earlier answers that fit its hints
         outputs = {"reused_earlier_answers": True, **_reasoning_outputs(prior)}
         return {
             "reasoning": prior,
@@ -178,15 +179,6 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "failures": _reasoning_failures(reasoning),
         "events": [_event(state, "reason", started, inputs, _reasoning_outputs(reasoning))],
     }
-
-
-def _still_fits(prior: ReasoningResult, constraints: Sequence[Constraint], res: Resources) -> bool:
-    """Earlier answers are reused unless none of them lies inside the new constraints."""
-    if not constraints:
-        return True
-    hyps = prior.hypotheses
-    inside = contains_all(constraints, [h.lat for h in hyps], [h.lon for h in hyps], res.geocoder)
-    return bool(hyps) and bool(inside.any())
 
 
 def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
@@ -333,6 +325,7 @@ class LocateOutcome:
     prediction: Prediction
     trace: Trace
     reasoning: ReasoningResult | None  # kept so a chat hint can reuse the VLM's answers
+    summary: RunSummary  # what a follow-up question is answered from (typed; the trace is for viewing)
 
 
 class LocatePipeline:
@@ -372,7 +365,8 @@ class LocatePipeline:
         """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
         ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
         us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
-        verification); not shown when ``prior_reasoning`` is reused."""
+        verification). ``prior_reasoning``: earlier VLM answers to reuse instead of asking again (the
+        caller picks those that fit its constraints); the hint is then not shown to anyone."""
         start = self._start(image_path, **options)
         final = await self.graph.ainvoke(start, context=self.resources)
         return self.outcome(final)
@@ -410,4 +404,13 @@ class LocatePipeline:
             prompts=list(reasoning.prompts) if reasoning is not None else [],
             prediction=prediction,
         )
-        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning)
+        summary = RunSummary(
+            prediction=prediction,
+            candidates=list(final.get("ranked", [])),
+            rejected=list(final.get("rejected", [])),
+            hypotheses=list(reasoning.hypotheses) if reasoning is not None else [],
+            reasoning_failures=list(reasoning.failures) if reasoning is not None else [],
+            constraints=[c.label for c in final.get("constraints", [])],
+            reused_answers=reasoning is not None and final.get("prior_reasoning") is not None,
+        )
+        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning, summary=summary)

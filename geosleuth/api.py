@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
-from geosleuth.agent.state import Constraint
 from geosleuth.config import Config, load_config
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError, GeosleuthError
 from geosleuth.types import Prediction, Trace
 

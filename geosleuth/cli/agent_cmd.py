@@ -94,7 +94,7 @@ def print_prediction(
     from rich.table import Table
     from rich.text import Text
 
-    from geosleuth.agent.trace_view import osm_link
+    from geosleuth.agent.trace import osm_link
     from geosleuth.geo import geodesic_km
 
     parts: list[RenderableType] = [Rule(Text(path), align="left", style="green" if prediction.ok else "red")]

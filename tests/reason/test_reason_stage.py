@@ -20,9 +20,8 @@ from geosleuth.types import (
     Place,
     Prediction,
     RetrievalResult,
+    RunSummary,
     StepFailure,
-    Trace,
-    TraceEvent,
 )
 from geosleuth.vlm.backends import VLMUnavailableError
 
@@ -255,20 +254,12 @@ def _hypothesis(variant: str, index: int, clue: str, *, country: str = "Peru", c
     )
 
 
-def _trace(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> Trace:
-    """A trace laid out as the locate graph writes it (reason and verify events)."""
-    return Trace(
-        trace_id="t1", image=prediction.image, config_hash="c", prediction=prediction,
-        events=[
-            TraceEvent(step="reason", started_at=0.0, duration_s=1.0,
-                       outputs={"hypotheses": [h.model_dump(mode="json") for h in hypotheses], "failures": []}),
-            TraceEvent(step="verify", started_at=1.0, duration_s=0.1,
-                       outputs={"candidates": [c.model_dump(mode="json") for c in candidates]}),
-        ],
-    )
+def _summary(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> RunSummary:
+    """A run summary as the locate pipeline builds it (typed: no trace JSON involved)."""
+    return RunSummary(prediction=prediction, candidates=candidates, hypotheses=hypotheses)
 
 
-def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
+def test_followup_quotes_the_run_summary(doubles, image, make_config) -> None:
     ranked = [
         Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.83, confidence=0.6,
                   scores={"geoclip": 0.71, "vlm_agreement": 0.94}, place=Place(country="Peru", city="Lima")),
@@ -281,8 +272,8 @@ def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
     )
     hypotheses = [_hypothesis("neighbors-0", 0, "yellow taxis"), _hypothesis("neighbors-5", 0, "adobe walls")]
     backend = doubles.ScriptedBackend([["Because of the taxis."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Lima?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Lima?", config=make_config()))
     text = backend.requests[0].messages[0].text
     for expected in (
         "score 0.83", "geoclip 0.71", "vlm_agreement 0.94",  # the top candidate with its component scores
@@ -313,8 +304,8 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
         sources_used=["vlm"], failures=[StepFailure(step="reason", error=long_text)] * 50,
     )
     backend = doubles.ScriptedBackend([["Peru."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Peru?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Peru?", config=make_config()))
     text = backend.requests[0].messages[0].text
     # About 2,000 tokens at most, whatever the trace holds (about 20 million characters here).
     assert len(text) < 8000
