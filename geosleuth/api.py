@@ -26,7 +26,7 @@ from geosleuth.errors import ConfigError, GeosleuthError
 from geosleuth.types import Prediction, Trace
 
 if TYPE_CHECKING:
-    from geosleuth.agent.chat import ChatSession, PlaceResolver
+    from geosleuth.agent.chat import ChatEngine, ChatSession, PlaceResolver
     from geosleuth.agent.graph import LocateOutcome, LocatePipeline
     from geosleuth.agent.runtime import Resources
     from geosleuth.geo import ReverseGeocoder
@@ -292,6 +292,18 @@ class Geolocator:
             db_path=db_path,
             resolver=self._place_resolver,
         )
+
+    async def open_chat_engine(self, db_path: str | PathLike[str] | None = None) -> ChatEngine:
+        """Chat sessions by id, for a server (:class:`geosleuth.agent.chat.ChatEngine`), on this
+        geolocator's models. ``db_path``: the session database (default: the one ``open_chat`` and
+        ``geosleuth chat`` use). Close the engine (``aclose``) before this geolocator.
+        """
+        from geosleuth.agent.chat import ChatEngine, PlaceResolver
+
+        pipeline = await self._apipeline()
+        if self._place_resolver is None:
+            self._place_resolver = PlaceResolver(pipeline.resources.geocoder)
+        return ChatEngine(pipeline.resources, db_path, pipeline=pipeline, resolver=self._place_resolver)
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from geosleuth.agent.chat.graph import ChatContext, build_chat_graph
 from geosleuth.agent.chat.results import ChatSessionInfo
 from geosleuth.config import expand_path
+from geosleuth.types import Prediction
 
 if TYPE_CHECKING:
     from geosleuth.config import Config
@@ -83,12 +84,11 @@ class SessionStore:
         return final
 
     async def _index(self, session_id: str, state: dict[str, Any]) -> None:
-        prediction = state.get("prediction") or {}
-        place = prediction.get("place") or {}
-        parts = [place.get(k) for k in ("continent", "country", "admin1", "city")]
-        answer = " > ".join(dict.fromkeys(p for p in parts if p)) or (
-            f"{prediction['lat']:.4f}, {prediction['lon']:.4f}" if prediction.get("lat") is not None else None
-        )
+        prediction = Prediction.model_validate(state["prediction"]) if state.get("prediction") else None
+        answer = None
+        if prediction is not None and prediction.ok:
+            answer = (prediction.place.hierarchy() if prediction.place is not None
+                      else f"{prediction.lat:.4f}, {prediction.lon:.4f}")
         labels = [c.get("label", "") for c in state.get("constraints") or []]
         now = time.time()
         async with self._saver.lock:
