@@ -313,3 +313,19 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
     # Each variant is represented before any variant shows a second answer.
     assert all(f"neighbors-{i}:" in text for i in range(4))
     assert text.rstrip().endswith("Why Peru?")
+
+
+def test_followup_says_which_hints_applied_and_whether_answers_were_reused(doubles, image, make_config) -> None:
+    lima = Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.8, confidence=0.7)
+    outside = [Candidate(lat=38.7, lon=-9.1, source=CandidateSource.VLM, score=0.9, confidence=0.0)] * 2
+    prediction = Prediction(image=ImageRef(path="photo.jpg"), lat=-12.05, lon=-77.04, confidence=0.7,
+                            sources_used=["vlm"])
+    summary = RunSummary(prediction=prediction, candidates=[lima], rejected=outside,
+                         hypotheses=[_hypothesis("neighbors-0", 0, "adobe walls")], constraints=["in Peru"],
+                         reused_answers=True)
+    backend = doubles.ScriptedBackend([["Because you said Peru."]])
+    _run(answer_followup(backend, image, summary, "Why not Lisbon?", config=make_config()))
+    text = backend.requests[0].messages[0].text
+    assert "hints, applied as constraints: in Peru (2 candidates outside them set aside)" in text
+    assert "Your earlier answers (reused: they fit the hints)" in text
+    assert "38.7000" not in text  # a rejected candidate is not offered as one considered
