@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
@@ -29,8 +30,6 @@ from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, ReasoningResult, RunSummary
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from geosleuth.agent.graph import LocatePipeline
     from geosleuth.geo import ReverseGeocoder
 
@@ -86,11 +85,11 @@ class AnswersForHints:
         if self.reuse is not None:
             if self.inside == self.total:
                 return ""
-            return f"(kept {self.inside} of {self.total} earlier VLM answers: the others lie outside the hints)"
+            return f"kept {self.inside} of {self.total} earlier VLM answers: the others lie outside the hints"
         if self.total == 0:
-            return "(asked the VLM again: it had no usable earlier answer)"
-        return (f"({self.total - self.inside} of {self.total} earlier VLM answers contradict the hints: "
-                "asked the VLM again, with the hints)")
+            return "asked the VLM again: it had no usable earlier answer"
+        return (f"{self.total - self.inside} of {self.total} earlier VLM answers contradict the hints: "
+                "asked the VLM again, with the hints")
 
 
 def answers_for_hints(prior: ReasoningResult, constraints: Sequence[Constraint],
@@ -116,8 +115,9 @@ def _constraints(state: ChatState) -> list[Constraint]:
     return [Constraint.model_validate(c) for c in state.get("constraints") or []]
 
 
-def _turn(user: str | None, text: str, kind: ReplyKind) -> dict[str, Any]:
-    return {"reply": {"kind": kind, "text": text}, "history": [{"user": user, "reply": text, "kind": kind}]}
+def _turn(user: str | None, text: str, kind: ReplyKind, notes: Sequence[str] = ()) -> dict[str, Any]:
+    return {"reply": {"kind": kind, "text": text, "notes": list(notes)},
+            "history": [{"user": user, "reply": text, "kind": kind}]}
 
 
 async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating: bool) -> dict[str, Any]:
@@ -134,11 +134,13 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
     )
     prediction = outcome.prediction
     text = describe(prediction)
+    notes = []
     if relocating:
         where = " and ".join(c.label for c in constraints) or "no hints"
         text = f"With {where}: {text}"
         if plan is not None and plan.note and runtime.context.pipeline.resources.backend is not None:
-            text += f"\n{plan.note}"
+            notes.append(plan.note)
+            text += f"\n({plan.note})"
         before = state.get("prediction") or {}
         if prediction.ok and before.get("lat") is not None:
             moved = float(haversine_km(before["lat"], before["lon"], prediction.lat, prediction.lon))
@@ -151,7 +153,7 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
         "trace": outcome.trace.model_dump(mode="json"),
         "summary": outcome.summary.model_dump(mode="json"),
         "reasoning": reasoning,
-        **_turn(state.get("message") if relocating else None, text, "relocated" if relocating else "located"),
+        **_turn(state.get("message") if relocating else None, text, "relocated" if relocating else "located", notes),
     }
 
 

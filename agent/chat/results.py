@@ -44,6 +44,9 @@ class ChatTurnResult(_ChatRecord):
     trace: Trace | None = None
     summary: RunSummary | None = None
     constraints: list[Constraint] = Field(default_factory=list)  # the hints active after this turn
+    # How the turn went besides its answer, e.g. "3 of 4 earlier VLM answers contradict the hints:
+    # asked the VLM again, with the hints" (also at the end of ``text``).
+    notes: list[str] = Field(default_factory=list)
 
 
 class ChatSessionInfo(_ChatRecord):

@@ -124,6 +124,7 @@ class ChatSession:
             trace=Trace.model_validate(final["trace"]) if located else None,
             summary=RunSummary.model_validate(final["summary"]) if located and final.get("summary") else None,
             constraints=[Constraint.model_validate(c) for c in final.get("constraints") or []],
+            notes=reply.get("notes") or [],
         )
 
     async def start(self) -> ChatTurnResult:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +56,19 @@ class SessionStore:
             saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(db)))
             await saver.setup()
             async with saver.lock:
+                async with saver.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                              (_INDEX,)) as cursor:
+                    indexed = await cursor.fetchone() is not None
                 await saver.conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {_INDEX} (session_id TEXT PRIMARY KEY, image_path TEXT NOT NULL, "
                     "created_at REAL NOT NULL, updated_at REAL NOT NULL, turns INTEGER NOT NULL, answer TEXT, "
                     "constraints TEXT NOT NULL)"
                 )
                 await saver.conn.commit()
-            return cls(db, saver, stack)
+            store = cls(db, saver, stack)
+            if not indexed:  # a file from before the index existed: list its sessions too
+                await store._index_existing()
+            return store
         except BaseException:
             await stack.aclose()
             raise
@@ -83,14 +90,25 @@ class SessionStore:
             await self._index(session_id, final)
         return final
 
-    async def _index(self, session_id: str, state: dict[str, Any]) -> None:
+    async def _index_existing(self) -> None:
+        newest: dict[str, float] = {}  # session id -> time of its latest checkpoint
+        async for item in self._saver.alist(None):  # newest first; holds the saver's lock while it runs
+            session_id = item.config["configurable"]["thread_id"]
+            if session_id not in newest:
+                newest[session_id] = datetime.fromisoformat(item.checkpoint["ts"]).timestamp()
+        for session_id, at in newest.items():
+            values = await self.values(session_id)
+            if values.get("image_path"):
+                await self._index(session_id, values, at=at)
+
+    async def _index(self, session_id: str, state: dict[str, Any], *, at: float | None = None) -> None:
         prediction = Prediction.model_validate(state["prediction"]) if state.get("prediction") else None
         answer = None
         if prediction is not None and prediction.ok:
             answer = (prediction.place.hierarchy() if prediction.place is not None
                       else f"{prediction.lat:.4f}, {prediction.lon:.4f}")
         labels = [c.get("label", "") for c in state.get("constraints") or []]
-        now = time.time()
+        now = time.time() if at is None else at
         async with self._saver.lock:
             await self._saver.conn.execute(
                 f"INSERT INTO {_INDEX} (session_id, image_path, created_at, updated_at, turns, answer, constraints) "

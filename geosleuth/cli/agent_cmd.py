@@ -608,6 +608,8 @@ def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | N
                     continue
             if reply.kind == "relocated" and reply.prediction is not None:
                 _show_constraints(out, reply.constraints, empty="no hints (cleared)")
+                for note in reply.notes:
+                    out.print(note, style="dim", highlight=False, markup=False)
                 new = reply.prediction
                 if current is not None and current.ok and new.ok:
                     moved = float(haversine_km(current.lat, current.lon, new.lat, new.lon))

@@ -85,7 +85,8 @@ def test_a_hint_contradicting_most_answers_asks_the_vlm_again(make_resources: An
     asked_again = [r for r in vlm.requests if r.json_schema is not None][2:]
     assert len(first_run) == 2 and len(asked_again) == 2  # one answer in Japan did not stop the re-ask
     assert all("it's in Japan (constraint: country Japan (JP))" in r.messages[0].text for r in asked_again)
-    assert "3 of 4 earlier VLM answers contradict the hints: asked the VLM again" in hinted.text
+    note = "3 of 4 earlier VLM answers contradict the hints: asked the VLM again, with the hints"
+    assert hinted.notes == [note] and f"({note})" in hinted.text
     assert hinted.summary is not None and not hinted.summary.reused_answers
     assert hinted.prediction is not None and hinted.prediction.place.country_code == "JP"
     assert opening.summary is not None and len(opening.summary.hypotheses) == 4
@@ -98,7 +99,8 @@ def test_reused_answers_outside_a_hint_never_count_as_support(make_resources: An
     resources = make_resources(backend=vlm)
     _, hinted, cleared = _chat(resources, photo, tmp_path / "s.sqlite", ["it's in Portugal", "clear hints"])
     assert len([r for r in vlm.requests if r.json_schema is not None]) == 2  # the opening run only
-    assert "kept 3 of 4 earlier VLM answers" in hinted.text
+    assert hinted.notes == ["kept 3 of 4 earlier VLM answers: the others lie outside the hints"]
+    assert cleared.notes == []  # without hints every earlier answer fits
     summary = hinted.summary
     assert summary is not None and summary.reused_answers and summary.constraints == ["in Portugal"]
     assert [h.country for h in summary.hypotheses] == ["Portugal"] * 3
@@ -196,3 +198,21 @@ def test_engine_and_open_chat_share_sessions(make_resources: Any, photo: Path, t
                 assert resumed.kind == "resumed" and resumed.prediction == started.prediction
 
     asyncio.run(run())
+
+
+def test_sessions_saved_before_the_index_existed_are_listed(make_resources: Any, photo: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    resources = make_resources()
+    db = tmp_path / "s.sqlite"
+    [opening] = _chat(resources, photo, db, [])
+    with sqlite3.connect(db) as conn:  # as a file written before sessions were indexed
+        conn.execute("DROP TABLE geosleuth_chat_sessions")
+
+    async def listed() -> list[Any]:
+        async with ChatEngine(resources, db) as engine:
+            return await engine.list_sessions()
+
+    [info] = asyncio.run(listed())
+    assert info.session_id == opening.session_id and info.turns == 1 and info.image_path == str(photo)
+    assert info.answer == opening.prediction.place.hierarchy()
