@@ -20,7 +20,8 @@ Public API (everything below is importable from ``geosleuth.agent.chat``):
 - :class:`ChatSession` — one conversation as an object (``ChatSession.open(pipeline, image_path=...
   | session_id=...)``, ``start()``, ``ask(text)``, ``history()``, ``prediction()``, ``trace()``,
   ``constraints()``, ``aclose()``); ``Geolocator.open_chat`` returns one.
-- Results: :class:`ChatTurnResult` (``ChatReply`` is its former name), :class:`ChatTurn`,
+- Results: :class:`ChatTurnResult` (``session_id``, ``kind``, ``text``, ``prediction``, ``trace``,
+  ``summary``, ``constraints``, ``notes``; ``ChatReply`` is its former name), :class:`ChatTurn`,
   :class:`ChatSessionInfo` — pydantic models, ``model_dump(mode="json")`` for the wire.
 - Hints: :func:`parse_hint` -> :class:`Hint`, :class:`PlaceResolver`, :func:`merge_constraints`,
   :func:`hint_text`, :func:`describe_constraint`, :func:`answers_for_hints`.

@@ -20,14 +20,18 @@ from geosleuth.config import expand_path
 from geosleuth.types import Prediction
 
 if TYPE_CHECKING:
+    from geosleuth.agent.graph import LocatePipeline
     from geosleuth.config import Config
 
 SESSIONS_DB = "chat_sessions.sqlite"
 _INDEX = "geosleuth_chat_sessions"  # our table, beside LangGraph's checkpoint tables
 
 
-def default_sessions_db(config: Config) -> Path:
-    """``<index.cache_dir>/chat_sessions.sqlite``."""
+def default_sessions_db(source: Config | LocatePipeline) -> Path:
+    """``<index.cache_dir>/chat_sessions.sqlite`` of a configuration (or of a pipeline's)."""
+    from geosleuth.config import Config
+
+    config = source if isinstance(source, Config) else source.resources.config
     return expand_path(config.index.cache_dir) / SESSIONS_DB
 
 
