@@ -216,3 +216,17 @@ def test_sessions_saved_before_the_index_existed_are_listed(make_resources: Any,
     [info] = asyncio.run(listed())
     assert info.session_id == opening.session_id and info.turns == 1 and info.image_path == str(photo)
     assert info.answer == opening.prediction.place.hierarchy()
+
+
+def test_a_run_summary_holds_the_runs_reasoning_as_typed_objects(make_resources: Any, photo: Path,
+                                                                  doubles: Any) -> None:
+    vlm = _vlm(doubles, (*doubles.LISBON, "Portugal", "Europe"), (*MADRID, "Spain", "Europe"))
+    outcome = asyncio.run(LocatePipeline(make_resources(backend=vlm)).run(
+        str(photo), constraints=[Constraint.in_country("PT", "Portugal")]))
+    summary = outcome.summary
+    assert summary.prediction == outcome.prediction and not summary.reused_answers
+    assert summary.constraints == ["in Portugal"]
+    assert [h.country for h in summary.hypotheses] == ["Portugal", "Spain"] * 2  # as the VLM answered
+    assert summary.candidates and all(c.place.country_code == "PT" for c in summary.candidates)
+    verified = next(e for e in outcome.trace.events if e.step == "verify").outputs["candidates"]
+    assert [c.model_dump(mode="json") for c in summary.candidates] == verified  # what the trace shows, typed
