@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,8 @@ _SOURCE_NAMES = {
     CandidateSource.VLM: SOURCE_VLM,
     CandidateSource.USER: SOURCE_USER,
 }
+# Called with (step name, its TraceEvent) as each step of a run finishes.
+StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
 # Trace outputs quote at most this many failure messages of one step.
 _MAX_QUOTED_ERRORS = 3
 
@@ -325,7 +327,9 @@ class LocateOutcome:
     prediction: Prediction
     trace: Trace
     reasoning: ReasoningResult | None  # kept so a chat hint can reuse the VLM's answers
-    summary: RunSummary  # what a follow-up question is answered from (typed; the trace is for viewing)
+    # What a follow-up question is answered from (typed; the trace is for viewing). Always set by
+    # LocatePipeline; None only from wrappers that build outcomes themselves.
+    summary: RunSummary | None = None
 
 
 class LocatePipeline:
@@ -361,14 +365,26 @@ class LocatePipeline:
             hint=hint,
         )
 
-    async def run(self, image_path: str, **options: Any) -> LocateOutcome:
+    async def run(self, image_path: str, *, on_step: StepCallback | None = None, **options: Any) -> LocateOutcome:
         """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
         ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
         us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
         verification). ``prior_reasoning``: earlier VLM answers to reuse instead of asking again (the
-        caller picks those that fit its constraints); the hint is then not shown to anyone."""
+        caller picks those that fit its constraints); the hint is then not shown to anyone.
+        ``on_step``: awaited with ``(step, its TraceEvent)`` as each step finishes (progress displays)."""
         start = self._start(image_path, **options)
-        final = await self.graph.ainvoke(start, context=self.resources)
+        if on_step is None:
+            return self.outcome(await self.graph.ainvoke(start, context=self.resources))
+        final: dict[str, Any] | None = None
+        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
+            if mode == "values":
+                final = chunk
+                continue
+            for step, update in chunk.items():
+                events = (update or {}).get("events") or []
+                await on_step(step, events[0] if events else None)
+        if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
+            raise RuntimeError("the locate graph ended without a prediction")
         return self.outcome(final)
 
     async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:

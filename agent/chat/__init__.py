@@ -8,8 +8,9 @@ Public API (everything below is importable from ``geosleuth.agent.chat``):
 - :class:`ChatEngine` — sessions by id, for servers::
 
       engine = ChatEngine(resources, store_path)         # resources: geosleuth.agent.runtime.Resources
-      first = await engine.start("photo.jpg")            # -> ChatTurnResult (kind "located")
-      reply = await engine.send(first.session_id, "it is in South America")   # kind "relocated"
+      first = await engine.start("photo.jpg", on_step=cb)  # -> ChatTurnResult (kind "located");
+                                                         # cb(step, TraceEvent) awaited as each step ends
+      reply = await engine.send(first.session_id, "it is in South America", on_step=cb)  # "relocated"
       reply = await engine.send(first.session_id, "why not Spain?")           # kind "answer"
       await engine.resume(session_id)                    # kind "resumed": where it stands
       await engine.list_sessions()                       # -> list[ChatSessionInfo]

@@ -30,7 +30,7 @@ from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, ReasoningResult, RunSummary
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import LocatePipeline
+    from geosleuth.agent.graph import LocatePipeline, StepCallback
     from geosleuth.geo import ReverseGeocoder
 
 
@@ -51,10 +51,11 @@ class ChatState(TypedDict, total=False):
     reply: dict[str, Any] | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChatContext:
     pipeline: LocatePipeline
     resolver: PlaceResolver
+    on_step: StepCallback | None = None  # this turn's progress listener (see LocatePipeline.run)
 
 
 def describe(prediction: Prediction) -> str:
@@ -126,13 +127,21 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
     stored = state.get("reasoning")
     prior = ReasoningResult.model_validate(stored) if relocating and stored else None
     plan = answers_for_hints(prior, constraints, geocoder) if prior is not None else None
+    options: dict[str, Any] = {"on_step": runtime.context.on_step} if runtime.context.on_step else {}
     outcome = await runtime.context.pipeline.run(
         state["image_path"],
         constraints=constraints,
         prior_reasoning=plan.reuse if plan is not None else None,
         hint=hint_text(constraints, state.get("hint_words") or {}, geocoder) if relocating else None,
+        **options,
     )
     prediction = outcome.prediction
+    summary = outcome.summary or RunSummary(  # a pipeline wrapper that builds outcomes itself
+        prediction=prediction, candidates=list(prediction.alternatives),
+        hypotheses=outcome.reasoning.hypotheses if outcome.reasoning is not None else [],
+        reasoning_failures=outcome.reasoning.failures if outcome.reasoning is not None else [],
+        constraints=[c.label for c in constraints],
+    )
     text = describe(prediction)
     notes = []
     if relocating:
@@ -151,7 +160,7 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
     return {
         "prediction": prediction.model_dump(mode="json"),
         "trace": outcome.trace.model_dump(mode="json"),
-        "summary": outcome.summary.model_dump(mode="json"),
+        "summary": summary.model_dump(mode="json"),
         "reasoning": reasoning,
         **_turn(state.get("message") if relocating else None, text, "relocated" if relocating else "located", notes),
     }

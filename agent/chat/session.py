@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, RunSummary, Trace
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import LocatePipeline
+    from geosleuth.agent.graph import LocatePipeline, StepCallback
 
 
 async def check_session(store: SessionStore, session_id: str, image_path: str | None) -> tuple[str, bool]:
@@ -102,7 +103,7 @@ class ChatSession:
                 await store.aclose()
             raise
 
-    async def _turn(self, message: str | None) -> ChatTurnResult:
+    async def _turn(self, message: str | None, on_step: StepCallback | None) -> ChatTurnResult:
         turn_input: dict[str, Any] = {
             "session_id": self.session_id,
             "image_path": self.image_path,
@@ -111,7 +112,8 @@ class ChatSession:
             "route": None,
             "reply": None,
         }
-        final = await self._store.run_turn(self.session_id, turn_input, self._context)
+        context = replace(self._context, on_step=on_step) if on_step is not None else self._context
+        final = await self._store.run_turn(self.session_id, turn_input, context)
         reply = final.get("reply")
         if reply is None:
             raise GeosleuthError(f"chat session {self.session_id!r}: this turn produced no reply")
@@ -127,8 +129,10 @@ class ChatSession:
             notes=reply.get("notes") or [],
         )
 
-    async def start(self) -> ChatTurnResult:
-        """Locate the image (new session) or summarise where a resumed session stands."""
+    async def start(self, *, on_step: StepCallback | None = None) -> ChatTurnResult:
+        """Locate the image (new session) or summarise where a resumed session stands.
+
+        ``on_step``: awaited with ``(step, TraceEvent)`` as each locate step finishes."""
         values = await self._store.values(self.session_id)
         if values.get("prediction"):
             prediction = Prediction.model_validate(values["prediction"])
@@ -140,13 +144,14 @@ class ChatSession:
                 prediction=prediction,
                 constraints=[Constraint.model_validate(c) for c in values.get("constraints") or []],
             )
-        return await self._turn(None)
+        return await self._turn(None, on_step)
 
-    async def ask(self, message: str) -> ChatTurnResult:
-        """Answer a question, or apply a hint and re-locate (see :func:`~.hints.parse_hint`)."""
+    async def ask(self, message: str, *, on_step: StepCallback | None = None) -> ChatTurnResult:
+        """Answer a question, or apply a hint and re-locate (see :func:`~.hints.parse_hint`);
+        ``on_step`` as for :meth:`start` (called only when the turn re-locates)."""
         if not message.strip():
             raise GeosleuthError("the message is empty; ask a question or give a hint like 'it is in Spain'")
-        return await self._turn(message)
+        return await self._turn(message, on_step)
 
     async def history(self) -> list[ChatTurn]:
         values = await self._store.values(self.session_id)

@@ -230,3 +230,26 @@ def test_a_run_summary_holds_the_runs_reasoning_as_typed_objects(make_resources:
     assert summary.candidates and all(c.place.country_code == "PT" for c in summary.candidates)
     verified = next(e for e in outcome.trace.events if e.step == "verify").outputs["candidates"]
     assert [c.model_dump(mode="json") for c in summary.candidates] == verified  # what the trace shows, typed
+
+
+def test_every_locate_step_is_reported_as_it_finishes(make_resources: Any, photo: Path, tmp_path: Path,
+                                                      doubles: Any) -> None:
+    resources = make_resources(backend=_vlm(doubles, (*doubles.LISBON, "Portugal", "Europe")))
+    steps: list[tuple[str, str | None]] = []
+
+    async def on_step(step: str, event: Any) -> None:
+        steps.append((step, event.step if event is not None else None))
+
+    async def run() -> None:
+        async with ChatEngine(resources, tmp_path / "s.sqlite") as engine:
+            first = await engine.start(photo, on_step=on_step)
+            assert [s for s, _ in steps] == ["perceive", "retrieve", "reason", "verify", "decide"]
+            assert all(step == recorded for step, recorded in steps)  # each with its own trace event
+            steps.clear()
+            await engine.send(first.session_id, "it is in Europe", on_step=on_step)  # reuses earlier answers
+            assert [s for s, _ in steps] == ["perceive", "retrieve", "reason", "verify", "decide"]
+            steps.clear()
+            await engine.send(first.session_id, "why?", on_step=on_step)  # a question locates nothing
+            assert steps == []
+
+    asyncio.run(run())
