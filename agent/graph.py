@@ -375,25 +375,30 @@ class LocatePipeline:
         start = self._start(image_path, **options)
         if on_step is None:
             return self.outcome(await self.graph.ainvoke(start, context=self.resources))
-        final: dict[str, Any] | None = None
-        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
-            if mode == "values":
-                final = chunk
-                continue
-            for step, update in chunk.items():
-                events = (update or {}).get("events") or []
-                await on_step(step, events[0] if events else None)
-        if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
-            raise RuntimeError("the locate graph ended without a prediction")
+        final: dict[str, Any] = {}
+        async for step, update in self._steps(start):
+            if step == "done":
+                final = update
+            else:
+                await on_step(step, update["event"])
         return self.outcome(final)
 
     async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ...})``. ``options``: those of :meth:`run` but
-        ``prior_reasoning``."""
+        ``("done", {"prediction": ..., "trace": ..., "summary": ...})``. ``options``: those of
+        :meth:`run` but ``prior_reasoning`` and ``on_step``."""
         if "prior_reasoning" in options:
             raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
-        start = self._start(image_path, **options)
+        async for step, update in self._steps(self._start(image_path, **options)):
+            if step == "done":
+                outcome = self.outcome(update)
+                yield "done", {"prediction": outcome.prediction, "trace": outcome.trace, "summary": outcome.summary}
+            else:
+                yield step, update
+
+    async def _steps(self, start: dict[str, Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(step, update)`` per node as it finishes (``update["event"]``: its TraceEvent), then
+        ``("done", the final state)``."""
         final: dict[str, Any] | None = None
         async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
             if mode == "values":
@@ -405,8 +410,7 @@ class LocatePipeline:
                 yield step, {"event": events[0] if events else None, **update}
         if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
             raise RuntimeError("the locate graph ended without a prediction")
-        outcome = self.outcome(final)
-        yield "done", {"prediction": outcome.prediction, "trace": outcome.trace}
+        yield "done", final
 
     def outcome(self, final: dict[str, Any]) -> LocateOutcome:
         reasoning = final.get("reasoning")
