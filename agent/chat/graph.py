@@ -42,6 +42,7 @@ class ChatState(TypedDict, total=False):
     trace: dict[str, Any] | None  # for viewing (`/trace`, the web app's trace tab); never parsed here
     summary: dict[str, Any] | None  # the latest run's RunSummary: what follow-ups are answered from
     reasoning: dict[str, Any] | None  # the VLM's latest full set of answers (reused under hints that fit)
+    reasoning_hints: list[str]  # labels of the hints the VLM was told when it gave those answers
     constraints: list[dict[str, Any]]
     hint_words: dict[str, str]  # active constraint's label -> the message that gave it
     history: Annotated[list[dict[str, Any]], operator.add]
@@ -80,9 +81,13 @@ class AnswersForHints:
     reuse: ReasoningResult | None  # the answers to reuse (only those inside), or None: ask the VLM again
     inside: int
     total: int
+    dropped: tuple[str, ...] = ()  # hints the earlier answers were given under that are no longer active
 
     @property
     def note(self) -> str:
+        if self.dropped:
+            dropped = "; ".join(self.dropped)
+            return f"asked the VLM again: its earlier answers were given under hints now dropped ({dropped})"
         if self.reuse is not None:
             if self.inside == self.total:
                 return ""
@@ -93,15 +98,21 @@ class AnswersForHints:
                 "asked the VLM again, with the hints")
 
 
-def answers_for_hints(prior: ReasoningResult, constraints: Sequence[Constraint],
-                      geocoder: ReverseGeocoder) -> AnswersForHints:
+def answers_for_hints(prior: ReasoningResult, constraints: Sequence[Constraint], geocoder: ReverseGeocoder, *,
+                      asked_under: Sequence[str] = ()) -> AnswersForHints:
     """Reuse the earlier answers that lie inside ``constraints``, unless most of them do not.
 
     A hint that contradicts most answers (more than half outside) says the model misread the photo,
     and the few answers that happen to fit are not evidence: the VLM is asked again, with the hint.
     Reused answers are only those inside: an answer outside a constraint never counts as support.
+    ``asked_under``: the labels of the hints the VLM was told when it gave ``prior``; answers given
+    under a hint the user has since dropped are not reused either.
     """
     hypotheses = prior.hypotheses
+    active = {c.label for c in constraints}
+    dropped = tuple(label for label in asked_under if label not in active)
+    if dropped:
+        return AnswersForHints(None, 0, len(hypotheses), dropped)
     if not constraints:
         return AnswersForHints(prior if hypotheses else None, len(hypotheses), len(hypotheses))
     inside = contains_all(constraints, [h.lat for h in hypotheses], [h.lon for h in hypotheses], geocoder)
@@ -126,7 +137,8 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
     geocoder = runtime.context.resolver.geocoder
     stored = state.get("reasoning")
     prior = ReasoningResult.model_validate(stored) if relocating and stored else None
-    plan = answers_for_hints(prior, constraints, geocoder) if prior is not None else None
+    asked_under = state.get("reasoning_hints") or []
+    plan = answers_for_hints(prior, constraints, geocoder, asked_under=asked_under) if prior is not None else None
     options: dict[str, Any] = {"on_step": runtime.context.on_step} if runtime.context.on_step else {}
     outcome = await runtime.context.pipeline.run(
         state["image_path"],
@@ -156,8 +168,12 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
             text += f"\n(moved {moved:.0f} km from the previous answer)"
     # Reused answers are a subset: keep the full earlier set for later hints (e.g. "clear hints").
     reused = plan is not None and plan.reuse is not None
-    reasoning = stored if reused or outcome.reasoning is None else outcome.reasoning.model_dump(mode="json")
+    if reused or outcome.reasoning is None:
+        reasoning, reasoning_hints = stored, asked_under
+    else:  # the VLM answered this run, told the active hints (none on the opening locate)
+        reasoning, reasoning_hints = outcome.reasoning.model_dump(mode="json"), [c.label for c in constraints]
     return {
+        "reasoning_hints": reasoning_hints,
         "prediction": prediction.model_dump(mode="json"),
         "trace": outcome.trace.model_dump(mode="json"),
         "summary": summary.model_dump(mode="json"),

@@ -80,9 +80,9 @@ def test_a_hint_contradicting_most_answers_asks_the_vlm_again(make_resources: An
     vlm = _vlm(doubles, (*doubles.LISBON, "Portugal", "Europe"), (*PORTO, "Portugal", "Europe"),
                (*doubles.LISBON, "Portugal", "Europe"), (*doubles.TOKYO, "Japan", "Asia"))
     resources = make_resources(backend=vlm)
-    opening, hinted = _chat(resources, photo, tmp_path / "s.sqlite", ["it's in Japan"])
-    first_run = [r for r in vlm.requests if r.json_schema is not None][:2]
-    asked_again = [r for r in vlm.requests if r.json_schema is not None][2:]
+    opening, hinted, cleared = _chat(resources, photo, tmp_path / "s.sqlite", ["it's in Japan", "clear hints"])
+    reasoning = [r for r in vlm.requests if r.json_schema is not None]
+    first_run, asked_again, after_clearing = reasoning[:2], reasoning[2:4], reasoning[4:]
     assert len(first_run) == 2 and len(asked_again) == 2  # one answer in Japan did not stop the re-ask
     assert all("it's in Japan (constraint: country Japan (JP))" in r.messages[0].text for r in asked_again)
     note = "3 of 4 earlier VLM answers contradict the hints: asked the VLM again, with the hints"
@@ -90,6 +90,10 @@ def test_a_hint_contradicting_most_answers_asks_the_vlm_again(make_resources: An
     assert hinted.summary is not None and not hinted.summary.reused_answers
     assert hinted.prediction is not None and hinted.prediction.place.country_code == "JP"
     assert opening.summary is not None and len(opening.summary.hypotheses) == 4
+    # The answers given under "in Japan" are not reused once that hint is dropped: asked again, untold.
+    assert len(after_clearing) == 2 and not any("What the user told us" in r.messages[0].text for r in after_clearing)
+    assert cleared.notes == ["asked the VLM again: its earlier answers were given under hints now dropped "
+                             "(in Japan)"]
 
 
 def test_reused_answers_outside_a_hint_never_count_as_support(make_resources: Any, photo: Path, tmp_path: Path,
