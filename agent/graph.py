@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +30,15 @@ from geosleuth.agent.perceive import perceive
 from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
-from geosleuth.agent.state import Constraint, LocateState, contains_all, initial_state
+from geosleuth.agent.state import LocateState, initial_state
 from geosleuth.agent.verify import verify, weights_of
+from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
     CandidateSource,
     Prediction,
     ReasoningResult,
+    RunSummary,
     StepFailure,
     Trace,
     TraceEvent,
@@ -53,6 +55,8 @@ _SOURCE_NAMES = {
     CandidateSource.VLM: SOURCE_VLM,
     CandidateSource.USER: SOURCE_USER,
 }
+# Called with (step name, its TraceEvent) as each step of a run finishes.
+StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
 # Trace outputs quote at most this many failure messages of one step.
 _MAX_QUOTED_ERRORS = 3
 
@@ -149,8 +153,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         return {"reasoning": None, "events": [_event(state, "reason", started, inputs, outputs)]}
 
     prior = state.get("prior_reasoning")
-    constraints = state.get("constraints", [])
-    if prior is not None and _still_fits(prior, constraints, res):
+    if prior is not None:  # the caller (the chat) chose earlier answers that fit its hints
         outputs = {"reused_earlier_answers": True, **_reasoning_outputs(prior)}
         return {
             "reasoning": prior,
@@ -178,15 +181,6 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "failures": _reasoning_failures(reasoning),
         "events": [_event(state, "reason", started, inputs, _reasoning_outputs(reasoning))],
     }
-
-
-def _still_fits(prior: ReasoningResult, constraints: Sequence[Constraint], res: Resources) -> bool:
-    """Earlier answers are reused unless none of them lies inside the new constraints."""
-    if not constraints:
-        return True
-    hyps = prior.hypotheses
-    inside = contains_all(constraints, [h.lat for h in hyps], [h.lon for h in hyps], res.geocoder)
-    return bool(hyps) and bool(inside.any())
 
 
 def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
@@ -333,6 +327,9 @@ class LocateOutcome:
     prediction: Prediction
     trace: Trace
     reasoning: ReasoningResult | None  # kept so a chat hint can reuse the VLM's answers
+    # What a follow-up question is answered from (typed; the trace is for viewing). Always set by
+    # LocatePipeline; None only from wrappers that build outcomes themselves.
+    summary: RunSummary | None = None
 
 
 class LocatePipeline:
@@ -368,22 +365,40 @@ class LocatePipeline:
             hint=hint,
         )
 
-    async def run(self, image_path: str, **options: Any) -> LocateOutcome:
+    async def run(self, image_path: str, *, on_step: StepCallback | None = None, **options: Any) -> LocateOutcome:
         """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
         ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
         us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
-        verification); not shown when ``prior_reasoning`` is reused."""
+        verification). ``prior_reasoning``: earlier VLM answers to reuse instead of asking again (the
+        caller picks those that fit its constraints); the hint is then not shown to anyone.
+        ``on_step``: awaited with ``(step, its TraceEvent)`` as each step finishes (progress displays)."""
         start = self._start(image_path, **options)
-        final = await self.graph.ainvoke(start, context=self.resources)
+        if on_step is None:
+            return self.outcome(await self.graph.ainvoke(start, context=self.resources))
+        final: dict[str, Any] = {}
+        async for step, update in self._steps(start):
+            if step == "done":
+                final = update
+            else:
+                await on_step(step, update["event"])
         return self.outcome(final)
 
     async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ...})``. ``options``: those of :meth:`run` but
-        ``prior_reasoning``."""
+        ``("done", {"prediction": ..., "trace": ..., "summary": ...})``. ``options``: those of
+        :meth:`run` but ``prior_reasoning`` and ``on_step``."""
         if "prior_reasoning" in options:
             raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
-        start = self._start(image_path, **options)
+        async for step, update in self._steps(self._start(image_path, **options)):
+            if step == "done":
+                outcome = self.outcome(update)
+                yield "done", {"prediction": outcome.prediction, "trace": outcome.trace, "summary": outcome.summary}
+            else:
+                yield step, update
+
+    async def _steps(self, start: dict[str, Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(step, update)`` per node as it finishes (``update["event"]``: its TraceEvent), then
+        ``("done", the final state)``."""
         final: dict[str, Any] | None = None
         async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
             if mode == "values":
@@ -395,8 +410,7 @@ class LocatePipeline:
                 yield step, {"event": events[0] if events else None, **update}
         if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
             raise RuntimeError("the locate graph ended without a prediction")
-        outcome = self.outcome(final)
-        yield "done", {"prediction": outcome.prediction, "trace": outcome.trace}
+        yield "done", final
 
     def outcome(self, final: dict[str, Any]) -> LocateOutcome:
         reasoning = final.get("reasoning")
@@ -410,4 +424,13 @@ class LocatePipeline:
             prompts=list(reasoning.prompts) if reasoning is not None else [],
             prediction=prediction,
         )
-        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning)
+        summary = RunSummary(
+            prediction=prediction,
+            candidates=list(final.get("ranked", [])),
+            rejected=list(final.get("rejected", [])),
+            hypotheses=list(reasoning.hypotheses) if reasoning is not None else [],
+            reasoning_failures=list(reasoning.failures) if reasoning is not None else [],
+            constraints=[c.label for c in final.get("constraints", [])],
+            reused_answers=reasoning is not None and final.get("prior_reasoning") is not None,
+        )
+        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning, summary=summary)

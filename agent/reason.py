@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from geosleuth.agent.trace_view import TraceDigest, digest
 from geosleuth.errors import ConfigError, VLMError
 from geosleuth.prompts.render import PromptTemplate, load_template, render
 from geosleuth.prompts.schema import (
@@ -42,8 +41,7 @@ from geosleuth.types import (
     ReasoningFailure,
     ReasoningResult,
     RetrievalResult,
-    StepFailure,
-    Trace,
+    RunSummary,
 )
 from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest, VLMRequestError
 
@@ -60,9 +58,9 @@ MAX_ECHOED_REPLY_CHARS = 4000
 
 @dataclass(frozen=True)
 class FollowupLimits:
-    """How much of a result and its trace a follow-up prompt quotes.
+    """How much of a result and its run summary a follow-up prompt quotes.
 
-    A trace can hold hundreds of candidates and long model texts; the follow-up prompt must still
+    A run can hold hundreds of candidates and long model texts; the follow-up prompt must still
     fit a small model's context, so every list is cut to a count and every text to a length.
     """
 
@@ -400,22 +398,20 @@ def _hypotheses_by_variant(hypotheses: Sequence[Hypothesis], limits: FollowupLim
     return [{"variant": _clip(variant, limits.text_chars), "answers": answers} for variant, answers in rows.items()]
 
 
-def _trace_summary(found: TraceDigest, prediction: Prediction, limits: FollowupLimits) -> dict[str, Any]:
-    """What the follow-up prompt quotes from a trace besides its candidates: the VLM's answers per
-    variant, the sources used and what failed, each list cut."""
-    trace = found.trace
-    result = trace.prediction or prediction
-    failures = list(result.failures)
-    failures += [
-        StepFailure(step=e.step, error=e.error)
-        for e in trace.events
-        if e.error and not any(f.error == e.error for f in failures)
-    ]
+def _run_rows(summary: RunSummary, limits: FollowupLimits) -> dict[str, Any]:
+    """What the follow-up prompt quotes about how the result was reached, besides its candidates:
+    the VLM's answers per variant, the sources used, the user's constraints and what failed, each
+    list cut."""
+    prediction = summary.prediction
+    failures = prediction.failures
     return {
-        "variants": _hypotheses_by_variant(found.hypotheses, limits),
-        "hypotheses_shown": min(len(found.hypotheses), limits.hypotheses),
-        "hypotheses_total": len(found.hypotheses),
-        "sources": [_clip(s, limits.text_chars) for s in result.sources_used],
+        "variants": _hypotheses_by_variant(summary.hypotheses, limits),
+        "hypotheses_shown": min(len(summary.hypotheses), limits.hypotheses),
+        "hypotheses_total": len(summary.hypotheses),
+        "reused_answers": summary.reused_answers,
+        "sources": [_clip(s, limits.text_chars) for s in prediction.sources_used],
+        "constraints": [_clip(c, limits.text_chars) for c in summary.constraints],
+        "rejected_total": len(summary.rejected),
         "failures": [
             {"step": _clip(f.step, limits.text_chars), "error": _clip(f.error, limits.text_chars)}
             for f in failures[: limits.failures]
@@ -427,28 +423,30 @@ def _trace_summary(found: TraceDigest, prediction: Prediction, limits: FollowupL
 async def answer_followup(
     backend: VLMBackend,
     image: Image.Image | None,
-    prediction: Prediction,
+    result: Prediction | RunSummary,
     question: str,
     *,
     config: Config,
     history: Sequence[tuple[str, str]] = (),
-    trace: Trace | None = None,
     limits: FollowupLimits = FOLLOWUP_LIMITS,
 ) -> str:
     """The VLM's plain-text answer to a user's question about an earlier result.
 
-    ``history`` holds earlier (question, answer) turns of the same conversation, oldest first; the
-    first turn carries the result summary (template ``config.prompts.chat_template``) and the image.
-    ``trace``: the result's reasoning trace; the first turn then also summarises it (top candidates
-    with component scores, the VLM's answers per variant, sources, failures), cut to ``limits``.
-    Backend errors propagate (the chat shows them); an empty reply raises :class:`VLMError`.
+    ``result``: the run's :class:`RunSummary` (the prediction, every ranked candidate with its
+    component scores, the VLM's answers per variant, constraints, failures), or only its
+    :class:`Prediction` (then its alternatives stand for the candidates). ``history`` holds earlier
+    (question, answer) turns of the same conversation, oldest first; the first turn carries the
+    result summary (template ``config.prompts.chat_template``, every list cut to ``limits``) and
+    the image. Backend errors propagate (the chat shows them); an empty reply raises
+    :class:`VLMError`.
     """
     if not question.strip():
         raise VLMError("the question is empty; type a question about the result")
     template = load_template(config.prompts.chat_template)
-    found = digest(trace) if trace is not None else None
-    # The trace ranks every candidate verification scored; without one, the prediction's alternatives.
-    candidates = found.candidates if found is not None and found.candidates else prediction.alternatives
+    summary = result if isinstance(result, RunSummary) else None
+    prediction = result.prediction if isinstance(result, RunSummary) else result
+    # The summary ranks every candidate verification scored; a bare prediction, its alternatives.
+    candidates = summary.candidates if summary is not None and summary.candidates else prediction.alternatives
     turns = [*history, (question, "")]
     first = render(
         template,
@@ -458,7 +456,7 @@ async def answer_followup(
         clues_total=len(prediction.clues),
         candidates=_candidate_rows(candidates, limits),
         candidates_total=len(candidates),
-        trace=_trace_summary(found, prediction, limits) if found is not None else None,
+        run=_run_rows(summary, limits) if summary is not None else None,
         question=turns[0][0],
     )
     messages = [ChatMessage("user", first, [image] if image is not None else [])]

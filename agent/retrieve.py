@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geosleuth.agent.state import Constraint, contains_all
 from geosleuth.config import Config
+from geosleuth.constraints import Constraint, contains_all
 from geosleuth.types import GalleryNeighbor, GPSCandidate, RetrievalResult
 
 if TYPE_CHECKING:

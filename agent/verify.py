@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geosleuth.agent.state import Constraint, contains_all
 from geosleuth.config import VerifyConfig
+from geosleuth.constraints import Constraint, contains_all
 from geosleuth.errors import ConfigError
 from geosleuth.geo import CONTINENT_NAMES, fold_name, haversine_km
 from geosleuth.types import Candidate, CandidateSource, Hypothesis, Place, RetrievalResult

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
-from geosleuth.agent.state import Constraint
 from geosleuth.config import Config, load_config
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError, GeosleuthError
 from geosleuth.types import Prediction, Trace
 
 if TYPE_CHECKING:
-    from geosleuth.agent.chat import ChatSession, PlaceResolver
+    from geosleuth.agent.chat import ChatEngine, ChatSession, PlaceResolver
     from geosleuth.agent.graph import LocateOutcome, LocatePipeline
     from geosleuth.agent.runtime import Resources
     from geosleuth.geo import ReverseGeocoder
@@ -200,7 +200,8 @@ class Geolocator:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Progress, step by step: ``(step, update)`` after each of perceive, retrieve, reason,
         verify, decide (``update["event"]`` is that step's TraceEvent; the other keys are what the
-        step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace})``."""
+        step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace,
+        "summary": RunSummary})``."""
         pipeline = await self._apipeline()
         async for step, update in pipeline.stream(
             os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k, hint=hint
@@ -292,6 +293,18 @@ class Geolocator:
             db_path=db_path,
             resolver=self._place_resolver,
         )
+
+    async def open_chat_engine(self, db_path: str | PathLike[str] | None = None) -> ChatEngine:
+        """Chat sessions by id, for a server (:class:`geosleuth.agent.chat.ChatEngine`), on this
+        geolocator's models. ``db_path``: the session database (default: the one ``open_chat`` and
+        ``geosleuth chat`` use). Close the engine (``aclose``) before this geolocator.
+        """
+        from geosleuth.agent.chat import ChatEngine, PlaceResolver
+
+        pipeline = await self._apipeline()
+        if self._place_resolver is None:
+            self._place_resolver = PlaceResolver(pipeline.resources.geocoder)
+        return ChatEngine(pipeline.resources, db_path, pipeline=pipeline, resolver=self._place_resolver)
 
     # -- lifetime ----------------------------------------------------------------------------
 

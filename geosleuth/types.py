@@ -240,3 +240,26 @@ class Trace(_Record):
         if starts != sorted(starts):
             raise ValueError("trace events must be in the order they started")
         return events
+
+
+class RunSummary(_Record):
+    """What one locate run concluded and how it got there, as typed objects.
+
+    The locate pipeline builds it from its stages' outputs, next to the trace; a chat follow-up
+    (and any other consumer that needs the reasoning) reads this, never the trace's JSON events,
+    which are for viewing only.
+    """
+
+    schema_version: str = SCHEMA_VERSION
+    prediction: Prediction
+    candidates: list[Candidate] = Field(default_factory=list)  # every candidate verification ranked, best first
+    rejected: list[Candidate] = Field(default_factory=list)  # candidates outside the user's constraints
+    hypotheses: list[Hypothesis] = Field(default_factory=list)  # the VLM's usable answers this run relied on
+    reasoning_failures: list[ReasoningFailure] = Field(default_factory=list)  # its unusable replies
+    constraints: list[str] = Field(default_factory=list)  # the user's constraints, as labels
+    reused_answers: bool = False  # the VLM was not asked again: earlier answers that fit were reused
+
+    @classmethod
+    def of_prediction(cls, prediction: Prediction) -> RunSummary:
+        """A summary that knows only the prediction (its alternatives stand in for the candidates)."""
+        return cls(prediction=prediction, candidates=list(prediction.alternatives))

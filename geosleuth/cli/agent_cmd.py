@@ -94,7 +94,7 @@ def print_prediction(
     from rich.table import Table
     from rich.text import Text
 
-    from geosleuth.agent.trace_view import osm_link
+    from geosleuth.agent.trace import osm_link
     from geosleuth.geo import geodesic_km
 
     parts: list[RenderableType] = [Rule(Text(path), align="left", style="green" if prediction.ok else "red")]
@@ -608,6 +608,8 @@ def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | N
                     continue
             if reply.kind == "relocated" and reply.prediction is not None:
                 _show_constraints(out, reply.constraints, empty="no hints (cleared)")
+                for note in reply.notes:
+                    out.print(note, style="dim", highlight=False, markup=False)
                 new = reply.prediction
                 if current is not None and current.ok and new.ok:
                     moved = float(haversine_km(current.lat, current.lon, new.lat, new.lon))

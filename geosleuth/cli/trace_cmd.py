@@ -25,7 +25,7 @@ def show(
 ) -> None:
     """Show a trace as a tree: steps, clues, hypotheses, candidates with their scores, decision."""
     with user_errors():
-        from geosleuth.agent.trace_view import load_traces, select_trace, trace_tree
+        from geosleuth.agent.trace import load_traces, select_trace, trace_tree
 
         loaded = select_trace(load_traces(file), trace_id, str(file))
         Console().print(trace_tree(loaded.trace))
@@ -42,7 +42,7 @@ def html_pages(
 ) -> None:
     """Write one self-contained HTML page per trace (inline SVG map, reasoning, score tables)."""
     with user_errors():
-        from geosleuth.agent.trace_view import html_file_name, land_cells, load_traces, select_trace, trace_html
+        from geosleuth.agent.trace import html_file_name, land_cells, load_traces, select_trace, trace_html
 
         traces = load_traces(file)
         if trace_id is not None:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from geosleuth.agent.runtime import Resources
-from geosleuth.agent.state import Constraint
 from geosleuth.api import Geolocator, LocateRequest
 from geosleuth.config import Config
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError, GeosleuthError, ImageLoadError
 from geosleuth.types import Prediction, Trace
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from geosleuth.agent.graph import STEPS, LocatePipeline
-from geosleuth.agent.state import Constraint
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ImageLoadError
 from geosleuth.geo import haversine_km
 from geosleuth.types import Prediction, Trace

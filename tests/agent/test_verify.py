@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from geosleuth.agent.decide import cluster_candidates, decide, spherical_mean
-from geosleuth.agent.state import Constraint
 from geosleuth.agent.verify import GEO_CONSISTENCY, GEOCLIP, NEIGHBOR_SUPPORT, VLM_AGREEMENT, verify
 from geosleuth.config import VerifyConfig
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError
 from geosleuth.geo import haversine_km
 from geosleuth.types import Candidate, CandidateSource, GPSCandidate, Hypothesis, ImageRef, RetrievalResult

@@ -6,7 +6,10 @@ but the loop, the hint handling and the persistence are real.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -60,3 +63,35 @@ def test_resuming_an_unknown_session_says_so(tiny_config: Path):
     result = runner.invoke(app, ["--config", str(tiny_config), "chat", "--resume", "no-such-session"], env=WIDE)
     assert result.exit_code == 2
     assert "no chat session 'no-such-session'" in result.output
+
+
+def _console_script() -> Path:
+    """The installed `geosleuth` command (the [project.scripts] entry point)."""
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "geosleuth"
+    assert script.is_file(), f"the geosleuth command is not installed next to {sys.executable}"
+    return script
+
+
+def test_chat_through_the_installed_command_across_processes(tiny_config: Path, folder: Path, tmp_path: Path):
+    env = {**os.environ, "COLUMNS": "200", "GEOSLEUTH_CONFIG": str(tiny_config)}
+    first = subprocess.run(
+        [str(_console_script()), "chat", str(folder / "porto.jpg")],
+        input="what do you see?\nit is in Africa\n/quit\n", capture_output=True, text=True, env=env,
+        cwd=tmp_path, timeout=300,
+    )
+    assert first.returncode == 0, first.stderr
+    session_id = re.search(r"session (\w+) saved; resume with geosleuth chat --resume \1", first.stdout).group(1)
+    assert "you> what do you see?" in first.stdout and "geosleuth> " in first.stdout
+    assert "hints: in Africa" in first.stdout
+    relocated = first.stdout[first.stdout.index("hints: in Africa"):]
+    assert "Africa > " in relocated  # the new answer lies inside the hint
+
+    second = subprocess.run(
+        [str(_console_script()), "chat", "--resume", session_id], input="/hints\n", capture_output=True, text=True,
+        env=env, cwd=tmp_path, timeout=300,
+    )
+    assert second.returncode == 0, second.stderr
+    assert re.search(rf"resumed session {session_id} \(3 earlier turns\)", second.stdout)
+    assert second.stdout.count("hints: in Africa") == 2  # shown on resuming, and by /hints

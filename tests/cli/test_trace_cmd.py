@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -118,3 +119,25 @@ def test_a_trace_dir_from_batch_works_as_input(trace_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     pages = trace_dir.with_name("traces-html")
     assert sorted(p.name for p in pages.glob("*.html")) == ["index.html", "t-a.html", "t-b.html"]
+
+
+def test_parts_of_a_trace_that_do_not_validate_are_reported_not_dropped(trace_file: Path, tmp_path: Path):
+    tree = json.loads(trace_file.read_text())
+    reason = next(e for e in tree["events"] if e["step"] == "reason")
+    reason["outputs"]["hypotheses"][1]["lat"] = 123.0  # out of range: this answer cannot be shown
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(tree))
+
+    shown = runner.invoke(app, ["trace", "show", str(path)], env={"COLUMNS": "220"})
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "parts of this trace could not be read and are not shown (1)" in out
+    assert "reason.hypotheses[1]" in out and "latitude 123.0 is outside [-90, 90]" in out
+    assert "hypotheses (1)" in out and "Vigo" not in out.split("candidates (")[0]  # the rest is still shown
+
+    pages = tmp_path / "pages"
+    result = runner.invoke(app, ["trace", "html", str(path), "--out", str(pages), "--no-land"])
+    assert result.exit_code == 0, result.output
+    page = next(pages.glob("*.html")).read_text(encoding="utf-8")
+    assert "Parts of this trace could not be read and are not shown (1)" in page
+    assert "reason.hypotheses[1]" in page and "latitude 123.0 is outside [-90, 90]" in page

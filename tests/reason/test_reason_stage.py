@@ -20,9 +20,8 @@ from geosleuth.types import (
     Place,
     Prediction,
     RetrievalResult,
+    RunSummary,
     StepFailure,
-    Trace,
-    TraceEvent,
 )
 from geosleuth.vlm.backends import VLMUnavailableError
 
@@ -255,20 +254,12 @@ def _hypothesis(variant: str, index: int, clue: str, *, country: str = "Peru", c
     )
 
 
-def _trace(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> Trace:
-    """A trace laid out as the locate graph writes it (reason and verify events)."""
-    return Trace(
-        trace_id="t1", image=prediction.image, config_hash="c", prediction=prediction,
-        events=[
-            TraceEvent(step="reason", started_at=0.0, duration_s=1.0,
-                       outputs={"hypotheses": [h.model_dump(mode="json") for h in hypotheses], "failures": []}),
-            TraceEvent(step="verify", started_at=1.0, duration_s=0.1,
-                       outputs={"candidates": [c.model_dump(mode="json") for c in candidates]}),
-        ],
-    )
+def _summary(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> RunSummary:
+    """A run summary as the locate pipeline builds it (typed: no trace JSON involved)."""
+    return RunSummary(prediction=prediction, candidates=candidates, hypotheses=hypotheses)
 
 
-def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
+def test_followup_quotes_the_run_summary(doubles, image, make_config) -> None:
     ranked = [
         Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.83, confidence=0.6,
                   scores={"geoclip": 0.71, "vlm_agreement": 0.94}, place=Place(country="Peru", city="Lima")),
@@ -281,8 +272,8 @@ def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
     )
     hypotheses = [_hypothesis("neighbors-0", 0, "yellow taxis"), _hypothesis("neighbors-5", 0, "adobe walls")]
     backend = doubles.ScriptedBackend([["Because of the taxis."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Lima?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Lima?", config=make_config()))
     text = backend.requests[0].messages[0].text
     for expected in (
         "score 0.83", "geoclip 0.71", "vlm_agreement 0.94",  # the top candidate with its component scores
@@ -313,8 +304,8 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
         sources_used=["vlm"], failures=[StepFailure(step="reason", error=long_text)] * 50,
     )
     backend = doubles.ScriptedBackend([["Peru."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Peru?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Peru?", config=make_config()))
     text = backend.requests[0].messages[0].text
     # About 2,000 tokens at most, whatever the trace holds (about 20 million characters here).
     assert len(text) < 8000
@@ -322,3 +313,19 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
     # Each variant is represented before any variant shows a second answer.
     assert all(f"neighbors-{i}:" in text for i in range(4))
     assert text.rstrip().endswith("Why Peru?")
+
+
+def test_followup_says_which_hints_applied_and_whether_answers_were_reused(doubles, image, make_config) -> None:
+    lima = Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.8, confidence=0.7)
+    outside = [Candidate(lat=38.7, lon=-9.1, source=CandidateSource.VLM, score=0.9, confidence=0.0)] * 2
+    prediction = Prediction(image=ImageRef(path="photo.jpg"), lat=-12.05, lon=-77.04, confidence=0.7,
+                            sources_used=["vlm"])
+    summary = RunSummary(prediction=prediction, candidates=[lima], rejected=outside,
+                         hypotheses=[_hypothesis("neighbors-0", 0, "adobe walls")], constraints=["in Peru"],
+                         reused_answers=True)
+    backend = doubles.ScriptedBackend([["Because you said Peru."]])
+    _run(answer_followup(backend, image, summary, "Why not Lisbon?", config=make_config()))
+    text = backend.requests[0].messages[0].text
+    assert "hints, applied as constraints: in Peru (2 candidates outside them set aside)" in text
+    assert "Your earlier answers (reused: they fit the hints)" in text
+    assert "38.7000" not in text  # a rejected candidate is not offered as one considered
