@@ -142,6 +142,8 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "neighbor_counts": list(config.prompts.neighbor_counts),
         "samples_per_variant": config.vlm.samples_per_variant,
         "temperature": config.vlm.temperature,
+        "max_new_tokens": config.vlm.max_new_tokens,
+        "recipe": config.vlm.recipe,
         "hint": state.get("hint"),
     }
     if res.backend is None:

@@ -45,7 +45,7 @@ from geosleuth.types import (
     StepFailure,
     Trace,
 )
-from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest, VLMRequestError
+from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMReply, VLMRequest, VLMRequestError, as_replies
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -179,9 +179,11 @@ class _Reasoner:
         )
 
     def failure(
-        self, template: PromptTemplate, variant: str, index: int, error: str, raw: str | None
+        self, template: PromptTemplate, variant: str, index: int, error: str, raw: str | None,
+        kind: str = "invalid",
     ) -> ReasoningFailure:
         return ReasoningFailure(
+            kind=kind,
             variant=variant,
             template_id=template.id,
             template_hash=template.sha256,
@@ -189,6 +191,15 @@ class _Reasoner:
             error=error,
             raw_text=raw,
             sample_index=index,
+        )
+
+    def cut_off(self, template: PromptTemplate, variant: str, index: int, reply: VLMReply) -> ReasoningFailure:
+        """A reply the token limit ended: its own kind of failure, with the text kept."""
+        return self.failure(
+            template, variant, index,
+            f"the reply was cut off at the token limit ({self.max_tokens} tokens, vlm.max_new_tokens) "
+            "before the answer was complete; raise vlm.max_new_tokens",
+            reply.text, "cut_off",
         )
 
     def hypothesis(
@@ -216,16 +227,22 @@ class _Reasoner:
         outcome = _Outcome(prompts=[self.record(self.template, variant, prompt)])
         question = ChatMessage("user", prompt, [self.image])
         try:
-            texts = await self.backend.generate(self.request([question], self.samples))
+            replies = as_replies(await self.backend.generate(self.request([question], self.samples)))
         except VLMRequestError as exc:
             for index in range(self.samples):
                 outcome.failures.append(
-                    self.failure(self.template, variant, index, f"VLM request failed: {exc}", None)
+                    self.failure(self.template, variant, index, f"VLM request failed: {exc}", None, "request")
                 )
             return outcome
+        texts = [reply.text for reply in replies]
         outcome.raw_replies.extend(texts)
         repairs: list[tuple[int, str, str]] = []  # (sample index, reply, why it is invalid)
-        for index, text in enumerate(texts):
+        for index, reply in enumerate(replies):
+            text = reply.text
+            if reply.cut_off:
+                # Not repaired: a second try in the same budget would be cut off again.
+                outcome.failures.append(self.cut_off(self.template, variant, index, reply))
+                continue
             try:
                 outcome.hypotheses.append(self.hypothesis(parse_answer(text), text, self.template, variant, index))
             except AnswerParseError as exc:
@@ -255,17 +272,20 @@ class _Reasoner:
         outcome = _Outcome(prompts=[self.record(self.repair_template, variant, prompt)])
         messages = [question, ChatMessage("assistant", reply[:MAX_ECHOED_REPLY_CHARS]), ChatMessage("user", prompt)]
         try:
-            texts = await self.backend.generate(self.request(messages, 1))
+            replies = as_replies(await self.backend.generate(self.request(messages, 1)))
         except VLMRequestError as exc:
             outcome.failures.append(
                 self.failure(
                     self.template, variant, index,
-                    f"invalid answer: {error}; the repair request failed: {exc}", reply,
+                    f"invalid answer: {error}; the repair request failed: {exc}", reply, "request",
                 )
             )
             return outcome
-        second = texts[0] if texts else ""
+        second = replies[0].text if replies else ""
         outcome.raw_replies.append(second)
+        if replies and replies[0].cut_off:
+            outcome.failures.append(self.cut_off(self.repair_template, variant, index, replies[0]))
+            return outcome
         try:
             answer = parse_answer(second)
         except AnswerParseError as exc:
@@ -471,8 +491,8 @@ async def answer_followup(
         messages=messages, json_schema=None, n=1, temperature=config.vlm.temperature,
         max_tokens=config.vlm.max_new_tokens,
     )
-    texts = await backend.generate(request)
-    answer = texts[0].strip() if texts else ""
+    replies = as_replies(await backend.generate(request))
+    answer = replies[0].text.strip() if replies else ""
     if not answer:
         raise VLMError(f"the VLM ({backend.model_id}) returned an empty answer; ask again or rephrase the question")
     return answer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -162,6 +162,9 @@ class ReasoningFailure(_Record):
     error: str
     raw_text: str | None = None
     sample_index: int = 0
+    # invalid = not a schema-valid answer (after one repair); cut_off = the token limit ended the
+    # reply (vlm.max_new_tokens too small for the answer); request = the backend gave no reply.
+    kind: Literal["invalid", "cut_off", "request"] = "invalid"
 
 
 class PromptRecord(_Record):
