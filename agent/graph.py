@@ -27,6 +27,7 @@ from langgraph.runtime import Runtime
 
 from geosleuth.agent.decide import decide
 from geosleuth.agent.perceive import perceive
+from geosleuth.agent.progress import announced, token_reporter
 from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
@@ -36,6 +37,7 @@ from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
     CandidateSource,
     Prediction,
+    ProgressEvent,
     ReasoningResult,
     StepFailure,
     Trace,
@@ -161,7 +163,8 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         }
     try:
         reasoning = await reason(
-            state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint")
+            state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint"),
+            on_tokens=token_reporter(state, runtime),
         )
     except Exception as exc:
         if isinstance(exc, GeosleuthError) and not isinstance(exc, VLMRequestError):
@@ -312,11 +315,11 @@ def _no_candidate_reason(state: LocateState, res: Resources) -> str:
 def build_locate_graph() -> Any:
     """The compiled locate graph (run it with ``context=Resources``)."""
     graph = StateGraph(LocateState, context_schema=Resources)
-    graph.add_node("perceive", perceive_node)
-    graph.add_node("retrieve", retrieve_node)
-    graph.add_node("reason", reason_node)
-    graph.add_node("verify", verify_node)
-    graph.add_node("decide", decide_node)
+    graph.add_node("perceive", announced("perceive", perceive_node))
+    graph.add_node("retrieve", announced("retrieve", retrieve_node))
+    graph.add_node("reason", announced("reason", reason_node))
+    graph.add_node("verify", announced("verify", verify_node))
+    graph.add_node("decide", announced("decide", decide_node))
     graph.add_edge(START, "perceive")
     for before, after in zip(STEPS, STEPS[1:], strict=False):
         graph.add_edge(before, after)
@@ -379,17 +382,25 @@ class LocatePipeline:
         final = await self.graph.ainvoke(start, context=self.resources)
         return self.outcome(final)
 
-    async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def stream(
+        self, image_path: str, *, progress: bool = False, **options: Any
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ...})``. ``options``: those of :meth:`run` but
-        ``prior_reasoning``."""
+        ``("done", {"prediction": ..., "trace": ...})``. ``progress``: also ``("progress", {"progress":
+        ProgressEvent})`` while steps run (step started, VLM tokens so far, step finished).
+        ``options``: those of :meth:`run` but ``prior_reasoning``."""
         if "prior_reasoning" in options:
             raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
         start = self._start(image_path, **options)
         final: dict[str, Any] | None = None
-        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
+        modes = ["updates", "values", "custom"] if progress else ["updates", "values"]
+        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=modes):
             if mode == "values":
                 final = chunk
+                continue
+            if mode == "custom":
+                if isinstance(chunk, ProgressEvent):
+                    yield "progress", {"progress": chunk}
                 continue
             for step, update in chunk.items():
                 update = dict(update or {})

@@ -15,7 +15,8 @@ API key) raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,31 @@ class _Outcome:
     raw_replies: list[str] = field(default_factory=list)
 
 
+class _TokenTally:
+    """Tokens generated so far over every request of one ``reason`` call, reported as a total with
+    the call's budget. Backends report per request, possibly from their own threads."""
+
+    def __init__(self, report: Callable[[int, int], None], budget: int) -> None:
+        self._report = report
+        self._budget = budget
+        self._counts: list[int] = []
+        self._lock = threading.Lock()
+
+    def counter(self) -> Callable[[int], None]:
+        """The ``on_tokens`` callback of one more request."""
+        with self._lock:
+            slot = len(self._counts)
+            self._counts.append(0)
+
+        def on_tokens(tokens: int) -> None:
+            with self._lock:
+                self._counts[slot] = tokens
+                total = sum(self._counts)
+            self._report(total, self._budget)
+
+        return on_tokens
+
+
 @dataclass
 class _Reasoner:
     """Everything one ``reason`` call shares between its variants."""
@@ -158,6 +184,7 @@ class _Reasoner:
     samples: int
     temperature: float
     max_tokens: int
+    tally: _TokenTally | None = None
 
     def request(self, messages: list[ChatMessage], n: int) -> VLMRequest:
         return VLMRequest(
@@ -167,6 +194,7 @@ class _Reasoner:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             schema_name=SCHEMA_NAME,
+            on_tokens=self.tally.counter() if self.tally is not None else None,
         )
 
     def record(self, template: PromptTemplate, variant: str, rendered: str) -> PromptRecord:
@@ -308,8 +336,13 @@ async def reason(
     geocoder: ReverseGeocoder,
     *,
     hint: str | None = None,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> ReasoningResult:
     """Hypotheses (and failures, with raw text) from every prompt variant and sample.
+
+    ``on_tokens(tokens, budget)``: progress, called (possibly from a backend's thread) with the
+    tokens generated so far over all prompts and the most the first answers may take
+    (variants x samples x ``vlm.max_new_tokens``; repair turns come on top).
 
     ``hint``: what the user told us about the place (e.g. a chat hint: their words plus the
     constraint they stand for); every variant's prompt shows it in its own block. None or blank:
@@ -336,6 +369,8 @@ async def reason(
         temperature=config.vlm.temperature,
         max_tokens=config.vlm.max_new_tokens,
     )
+    if on_tokens is not None:
+        reasoner.tally = _TokenTally(on_tokens, len(variants) * reasoner.samples * reasoner.max_tokens)
     neighbors = _context_rows(retrieval.neighbors, _place_labels(retrieval.neighbors, geocoder))
     dissimilar = _context_rows(retrieval.dissimilar, _place_labels(retrieval.dissimilar, geocoder))
     gps = _context_rows(retrieval.gps_candidates, _place_labels(retrieval.gps_candidates, geocoder))

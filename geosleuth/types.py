@@ -269,3 +269,21 @@ class Trace(_Record):
         if starts != sorted(starts):
             raise ValueError("trace events must be in the order they started")
         return events
+
+
+class ProgressEvent(_Record):
+    """What a running locate is doing right now (terminal and web displays render these).
+
+    ``state``: ``started`` when a step begins, ``generating`` while the VLM decodes (with token
+    counts), ``finished`` when the step ends. ``tokens``: tokens the VLM has generated so far in
+    this step, over all its prompts and samples; ``token_budget``: the most it may generate
+    (prompts x samples x ``vlm.max_new_tokens``: an upper bound, replies usually stop sooner).
+    """
+
+    image: str
+    step: str
+    state: Literal["started", "generating", "finished"]
+    elapsed_s: float = Field(ge=0)  # since this step started
+    tokens: int | None = Field(None, ge=0)
+    token_budget: int | None = Field(None, ge=0)
+    error: str | None = None

@@ -80,7 +80,7 @@ class VLLMEngineBackend:
         return f"VLLMEngineBackend(model={self.model_id!r})"
 
     async def generate(self, request: VLMRequest) -> list[VLMReply]:
-        if self._loop.is_closed():
+        if self._engine is None or self._loop.is_closed():
             raise VLMError("the vLLM engine backend is closed")
         future = asyncio.run_coroutine_threadsafe(self._generate(request), self._loop)
         return await asyncio.wrap_future(future)
@@ -113,25 +113,26 @@ class VLLMEngineBackend:
                 StructuredOutputsParams(json=request.json_schema) if request.json_schema is not None else None
             ),
         )
-        final = None
+        # With n > 1 vLLM may stream each sample's progress in its own output: keep the latest
+        # (cumulative) completion per sample index.
+        latest: dict[int, Any] = {}
         try:
             async for output in self._engine.generate(self._prompt(request), params, uuid.uuid4().hex):
-                final = output
+                for completion in output.outputs:
+                    latest[completion.index] = completion
                 if request.on_tokens is not None:
-                    request.on_tokens(sum(len(c.token_ids) for c in output.outputs))
+                    request.on_tokens(sum(len(c.token_ids) for c in latest.values()))
         except ValueError as exc:  # vLLM refuses a request it cannot serve (e.g. prompt too long)
             raise VLMRequestError(f"vLLM engine refused the request: {exc}") from exc
-        if final is None:
-            return []
         return [
             VLMReply(text=c.text, finish_reason=finish_reason_of(c.finish_reason), tokens=len(c.token_ids))
-            for c in sorted(final.outputs, key=lambda c: c.index)
+            for _, c in sorted(latest.items())
         ]
 
     async def aclose(self) -> None:
         if self._loop.is_closed():
             return
-        engine = self._engine
+        engine, self._engine = self._engine, None
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_shutdown(engine), self._loop))
         self._stop_loop()
 
