@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,7 @@ def token_reporter(state: Any, runtime: Runtime[Any], step: str = "reason") -> C
     the loop has ended is dropped (the step is over by then).
     """
     loop = asyncio.get_running_loop()
+    node_context = contextvars.copy_context()  # the writer needs the node's run context
     image = str(state.get("image_path", ""))
     started = time.perf_counter()
     writer = runtime.stream_writer
@@ -75,6 +77,6 @@ def token_reporter(state: Any, runtime: Runtime[Any], step: str = "reason") -> C
                 return
             last[0] = tokens
         with contextlib.suppress(RuntimeError):  # the loop has closed: the step is over
-            loop.call_soon_threadsafe(write, tokens, budget)
+            loop.call_soon_threadsafe(write, tokens, budget, context=node_context)
 
     return report
