@@ -4,7 +4,8 @@ Concurrent callers (many images and prompt variants in flight on one event loop,
 submit items; the worker takes the first waiting item, waits up to ``max_wait_s`` for more, and
 runs up to ``max_batch`` of them in one call. Callers await a future: no thread of asyncio's
 default executor (which the other stages use for decoding and search) ever blocks on the model.
-The worker starts on the first submit and ends on :meth:`MicroBatcher.close`.
+The worker starts on the first submit and ends on :meth:`MicroBatcher.close`; a later submit starts
+a new one (a backend may be closed at the end of one run and used again in the next).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._closed = False
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result without blocking the event loop."""
@@ -61,10 +61,8 @@ class MicroBatcher(Generic[T, R]):
         """Queue ``item``; the returned future resolves when its batch has run."""
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
         with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self._name} is closed")
             if self._worker is None:
-                self._worker = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._worker = threading.Thread(target=self._serve, args=(self._queue,), name=self._name, daemon=True)
                 self._worker.start()
             self._queue.put((item, future))
         return future
@@ -72,17 +70,18 @@ class MicroBatcher(Generic[T, R]):
     def close(self, timeout: float | None = None) -> None:
         """Finish the batches already queued, then stop the worker."""
         with self._lock:
-            if self._closed:
+            worker, self._worker = self._worker, None
+            if worker is None:
                 return
-            self._closed = True
-            worker = self._worker
-            self._queue.put(_STOP)
-        if worker is not None and worker is not threading.current_thread():
+            # The old worker gets its own queue's stop marker; new submits go to a fresh queue.
+            old_queue, self._queue = self._queue, queue.Queue()
+            old_queue.put(_STOP)
+        if worker is not threading.current_thread():
             worker.join(timeout)
 
-    def _collect(self) -> tuple[list[tuple[T, concurrent.futures.Future[R]]], bool]:
+    def _collect(self, jobs: queue.Queue[object]) -> tuple[list[tuple[T, concurrent.futures.Future[R]]], bool]:
         """The next batch, and whether the stop marker was seen."""
-        first = self._queue.get()
+        first = jobs.get()
         if first is _STOP:
             return [], True
         batch = [first]
@@ -90,7 +89,7 @@ class MicroBatcher(Generic[T, R]):
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = jobs.get(timeout=remaining) if remaining > 0 else jobs.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
@@ -98,10 +97,10 @@ class MicroBatcher(Generic[T, R]):
             batch.append(item)
         return batch, False  # type: ignore[return-value]
 
-    def _serve(self) -> None:
+    def _serve(self, jobs: queue.Queue[object]) -> None:
         stop = False
         while not stop:
-            batch, stop = self._collect()
+            batch, stop = self._collect(jobs)
             live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
             if not live:
                 continue
