@@ -128,3 +128,13 @@ def test_a_reply_that_hits_the_token_limit_is_reported_cut_off(tiny_backend: Tra
     (reply,) = asyncio.run(tiny_backend.generate(request))
     assert reply.cut_off and reply.tokens == 6
     assert '{"clues":[{"observation":"'.startswith(reply.text)  # the grammar held while it lasted
+
+
+def test_a_cuda_device_without_a_gpu_is_a_clear_config_error(tiny_vlm_dir: Path, make_config) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from geosleuth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"vlm.device='cuda' but no CUDA GPU"):
+        create_backend(make_config(**{"vlm.model": str(tiny_vlm_dir), "vlm.device": "cuda"}).vlm)
