@@ -24,6 +24,7 @@ from geosleuth.models import resolve_model
 from geosleuth.vlm.backends import VLMReply, VLMRequest, VLMRequestError, downscale_image
 from geosleuth.vlm.constrained import DecodeHook, SchemaGrammars
 from geosleuth.vlm.microbatch import MicroBatcher
+from geosleuth.vlm.prefix_reuse import shared_prefix_inputs
 from geosleuth.vlm.registry import register_backend
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class TransformersBackend:
         # transformers 5 takes processor options in `processor_kwargs` (and warns about bare ones).
         takes_kwargs = "processor_kwargs" in inspect.signature(self.processor.apply_chat_template).parameters
         self._padding: dict[str, Any] = {"processor_kwargs": {"padding": True}} if takes_kwargs else {"padding": True}
+        self.prefix_reuse = True  # encode a batch's shared image + prompt start once (prefix_reuse.py)
         self.grammars = SchemaGrammars(tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids)
         self._batcher: MicroBatcher[VLMRequest, list[VLMReply]] = MicroBatcher(
             self._run_batch,
@@ -151,6 +153,9 @@ class TransformersBackend:
         )
         inputs = inputs.to(self.device, dtype=self.model.dtype)
         prompt_length = inputs["input_ids"].shape[1]
+        shared = shared_prefix_inputs(self.model, inputs, self.pad_token_id) if self.prefix_reuse else None
+        if shared is not None:  # the image and common prompt start encoded once for all rows
+            inputs, prompt_length = shared
         max_tokens = max(request.max_tokens for request in requests)
         grammars = [self.grammars.compile(row.schema) if row.schema is not None else None for row in rows]
         hook = DecodeHook(

@@ -138,3 +138,31 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_config_error(tiny_vlm_dir: Path,
 
     with pytest.raises(ConfigError, match=r"vlm.device='cuda' but no CUDA GPU"):
         create_backend(make_config(**{"vlm.model": str(tiny_vlm_dir), "vlm.device": "cuda"}).vlm)
+
+
+def test_a_shared_image_and_prompt_start_are_encoded_once_with_the_same_answers(
+    tiny_backend: TransformersBackend, image
+) -> None:
+    from geosleuth.vlm.prefix_reuse import shared_prefix_inputs
+
+    question = "Where was this photo taken? Look at the signs, the vegetation and the road markings first. "
+    requests = [
+        VLMRequest([ChatMessage("user", question + extra, [image])], json_schema=answer_json_schema(), n=1,
+                   temperature=0.0, max_tokens=40)
+        for extra in ("Zero shot.", "Nearby gallery images: 48.85, 2.35 (Paris); 40.42, -3.70 (Madrid).")
+    ]
+    conversations = [tiny_backend._conversation(r) for r in requests]
+    inputs = tiny_backend.processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        **tiny_backend._padding,
+    )
+    shared = shared_prefix_inputs(tiny_backend.model, inputs, tiny_backend.pad_token_id)
+    assert shared is not None  # same image, long common start: the prefix path applies
+    answers = {}
+    try:
+        for reuse in (False, True):
+            tiny_backend.prefix_reuse = reuse
+            answers[reuse] = [[r.text for r in replies] for replies in tiny_backend._run_batch(requests)]
+    finally:
+        tiny_backend.prefix_reuse = True
+    assert answers[True] == answers[False]  # greedy decoding: the same tokens either way
