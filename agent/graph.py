@@ -27,6 +27,7 @@ from langgraph.runtime import Runtime
 
 from geosleuth.agent.decide import decide
 from geosleuth.agent.perceive import perceive
+from geosleuth.agent.progress import announced, token_reporter
 from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
@@ -37,6 +38,7 @@ from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
     CandidateSource,
     Prediction,
+    ProgressEvent,
     ReasoningResult,
     RunSummary,
     StepFailure,
@@ -146,6 +148,8 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "neighbor_counts": list(config.prompts.neighbor_counts),
         "samples_per_variant": config.vlm.samples_per_variant,
         "temperature": config.vlm.temperature,
+        "max_new_tokens": config.vlm.max_new_tokens,
+        "recipe": config.vlm.recipe,
         "hint": state.get("hint"),
     }
     if res.backend is None:
@@ -162,7 +166,8 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         }
     try:
         reasoning = await reason(
-            state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint")
+            state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint"),
+            on_tokens=token_reporter(state, runtime),
         )
     except Exception as exc:
         if isinstance(exc, GeosleuthError) and not isinstance(exc, VLMRequestError):
@@ -304,11 +309,11 @@ def _no_candidate_reason(state: LocateState, res: Resources) -> str:
 def build_locate_graph() -> Any:
     """The compiled locate graph (run it with ``context=Resources``)."""
     graph = StateGraph(LocateState, context_schema=Resources)
-    graph.add_node("perceive", perceive_node)
-    graph.add_node("retrieve", retrieve_node)
-    graph.add_node("reason", reason_node)
-    graph.add_node("verify", verify_node)
-    graph.add_node("decide", decide_node)
+    graph.add_node("perceive", announced("perceive", perceive_node))
+    graph.add_node("retrieve", announced("retrieve", retrieve_node))
+    graph.add_node("reason", announced("reason", reason_node))
+    graph.add_node("verify", announced("verify", verify_node))
+    graph.add_node("decide", announced("decide", decide_node))
     graph.add_edge(START, "perceive")
     for before, after in zip(STEPS, STEPS[1:], strict=False):
         graph.add_edge(before, after)
@@ -383,26 +388,36 @@ class LocatePipeline:
                 await on_step(step, update["event"])
         return self.outcome(final)
 
-    async def stream(self, image_path: str, **options: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def stream(
+        self, image_path: str, *, progress: bool = False, **options: Any
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ..., "summary": ...})``. ``options``: those of
-        :meth:`run` but ``prior_reasoning`` and ``on_step``."""
+        ``("done", {"prediction": ..., "trace": ..., "summary": ...})``. ``progress``: also ``("progress",
+        {"progress": ProgressEvent})`` while steps run (step started, VLM tokens so far, step finished).
+        ``options``: those of :meth:`run` but ``prior_reasoning`` and ``on_step``."""
         if "prior_reasoning" in options:
             raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
-        async for step, update in self._steps(self._start(image_path, **options)):
+        async for step, update in self._steps(self._start(image_path, **options), progress=progress):
             if step == "done":
                 outcome = self.outcome(update)
                 yield "done", {"prediction": outcome.prediction, "trace": outcome.trace, "summary": outcome.summary}
             else:
                 yield step, update
 
-    async def _steps(self, start: dict[str, Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def _steps(
+        self, start: dict[str, Any], *, progress: bool = False
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]``: its TraceEvent), then
-        ``("done", the final state)``."""
+        ``("done", the final state)``; with ``progress``, ``("progress", ...)`` while steps run."""
         final: dict[str, Any] | None = None
-        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=["updates", "values"]):
+        modes = ["updates", "values", "custom"] if progress else ["updates", "values"]
+        async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=modes):
             if mode == "values":
                 final = chunk
+                continue
+            if mode == "custom":
+                if isinstance(chunk, ProgressEvent):
+                    yield "progress", {"progress": chunk}
                 continue
             for step, update in chunk.items():
                 update = dict(update or {})

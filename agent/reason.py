@@ -15,7 +15,8 @@ API key) raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ from geosleuth.types import (
     RetrievalResult,
     RunSummary,
 )
-from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest, VLMRequestError
+from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMReply, VLMRequest, VLMRequestError, as_replies
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -142,6 +143,31 @@ class _Outcome:
     raw_replies: list[str] = field(default_factory=list)
 
 
+class _TokenTally:
+    """Tokens generated so far over every request of one ``reason`` call, reported as a total with
+    the call's budget. Backends report per request, possibly from their own threads."""
+
+    def __init__(self, report: Callable[[int, int], None], budget: int) -> None:
+        self._report = report
+        self._budget = budget
+        self._counts: list[int] = []
+        self._lock = threading.Lock()
+
+    def counter(self) -> Callable[[int], None]:
+        """The ``on_tokens`` callback of one more request."""
+        with self._lock:
+            slot = len(self._counts)
+            self._counts.append(0)
+
+        def on_tokens(tokens: int) -> None:
+            with self._lock:
+                self._counts[slot] = tokens
+                total = sum(self._counts)
+            self._report(total, self._budget)
+
+        return on_tokens
+
+
 @dataclass
 class _Reasoner:
     """Everything one ``reason`` call shares between its variants."""
@@ -156,6 +182,7 @@ class _Reasoner:
     samples: int
     temperature: float
     max_tokens: int
+    tally: _TokenTally | None = None
 
     def request(self, messages: list[ChatMessage], n: int) -> VLMRequest:
         return VLMRequest(
@@ -165,6 +192,7 @@ class _Reasoner:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             schema_name=SCHEMA_NAME,
+            on_tokens=self.tally.counter() if self.tally is not None else None,
         )
 
     def record(self, template: PromptTemplate, variant: str, rendered: str) -> PromptRecord:
@@ -177,9 +205,11 @@ class _Reasoner:
         )
 
     def failure(
-        self, template: PromptTemplate, variant: str, index: int, error: str, raw: str | None
+        self, template: PromptTemplate, variant: str, index: int, error: str, raw: str | None,
+        kind: str = "invalid",
     ) -> ReasoningFailure:
         return ReasoningFailure(
+            kind=kind,
             variant=variant,
             template_id=template.id,
             template_hash=template.sha256,
@@ -187,6 +217,15 @@ class _Reasoner:
             error=error,
             raw_text=raw,
             sample_index=index,
+        )
+
+    def cut_off(self, template: PromptTemplate, variant: str, index: int, reply: VLMReply) -> ReasoningFailure:
+        """A reply the token limit ended: its own kind of failure, with the text kept."""
+        return self.failure(
+            template, variant, index,
+            f"the reply was cut off at the token limit ({self.max_tokens} tokens, vlm.max_new_tokens) "
+            "before the answer was complete; raise vlm.max_new_tokens",
+            reply.text, "cut_off",
         )
 
     def hypothesis(
@@ -214,16 +253,22 @@ class _Reasoner:
         outcome = _Outcome(prompts=[self.record(self.template, variant, prompt)])
         question = ChatMessage("user", prompt, [self.image])
         try:
-            texts = await self.backend.generate(self.request([question], self.samples))
+            replies = as_replies(await self.backend.generate(self.request([question], self.samples)))
         except VLMRequestError as exc:
             for index in range(self.samples):
                 outcome.failures.append(
-                    self.failure(self.template, variant, index, f"VLM request failed: {exc}", None)
+                    self.failure(self.template, variant, index, f"VLM request failed: {exc}", None, "request")
                 )
             return outcome
+        texts = [reply.text for reply in replies]
         outcome.raw_replies.extend(texts)
         repairs: list[tuple[int, str, str]] = []  # (sample index, reply, why it is invalid)
-        for index, text in enumerate(texts):
+        for index, reply in enumerate(replies):
+            text = reply.text
+            if reply.cut_off:
+                # Not repaired: a second try in the same budget would be cut off again.
+                outcome.failures.append(self.cut_off(self.template, variant, index, reply))
+                continue
             try:
                 outcome.hypotheses.append(self.hypothesis(parse_answer(text), text, self.template, variant, index))
             except AnswerParseError as exc:
@@ -253,17 +298,20 @@ class _Reasoner:
         outcome = _Outcome(prompts=[self.record(self.repair_template, variant, prompt)])
         messages = [question, ChatMessage("assistant", reply[:MAX_ECHOED_REPLY_CHARS]), ChatMessage("user", prompt)]
         try:
-            texts = await self.backend.generate(self.request(messages, 1))
+            replies = as_replies(await self.backend.generate(self.request(messages, 1)))
         except VLMRequestError as exc:
             outcome.failures.append(
                 self.failure(
                     self.template, variant, index,
-                    f"invalid answer: {error}; the repair request failed: {exc}", reply,
+                    f"invalid answer: {error}; the repair request failed: {exc}", reply, "request",
                 )
             )
             return outcome
-        second = texts[0] if texts else ""
+        second = replies[0].text if replies else ""
         outcome.raw_replies.append(second)
+        if replies and replies[0].cut_off:
+            outcome.failures.append(self.cut_off(self.repair_template, variant, index, replies[0]))
+            return outcome
         try:
             answer = parse_answer(second)
         except AnswerParseError as exc:
@@ -286,8 +334,13 @@ async def reason(
     geocoder: ReverseGeocoder,
     *,
     hint: str | None = None,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> ReasoningResult:
     """Hypotheses (and failures, with raw text) from every prompt variant and sample.
+
+    ``on_tokens(tokens, budget)``: progress, called (possibly from a backend's thread) with the
+    tokens generated so far over all prompts and the most the first answers may take
+    (variants x samples x ``vlm.max_new_tokens``; repair turns come on top).
 
     ``hint``: what the user told us about the place (e.g. a chat hint: their words plus the
     constraint they stand for); every variant's prompt shows it in its own block. None or blank:
@@ -314,6 +367,8 @@ async def reason(
         temperature=config.vlm.temperature,
         max_tokens=config.vlm.max_new_tokens,
     )
+    if on_tokens is not None:
+        reasoner.tally = _TokenTally(on_tokens, len(variants) * reasoner.samples * reasoner.max_tokens)
     neighbors = _context_rows(retrieval.neighbors, _place_labels(retrieval.neighbors, geocoder))
     dissimilar = _context_rows(retrieval.dissimilar, _place_labels(retrieval.dissimilar, geocoder))
     gps = _context_rows(retrieval.gps_candidates, _place_labels(retrieval.gps_candidates, geocoder))
@@ -469,8 +524,8 @@ async def answer_followup(
         messages=messages, json_schema=None, n=1, temperature=config.vlm.temperature,
         max_tokens=config.vlm.max_new_tokens,
     )
-    texts = await backend.generate(request)
-    answer = texts[0].strip() if texts else ""
+    replies = as_replies(await backend.generate(request))
+    answer = replies[0].text.strip() if replies else ""
     if not answer:
         raise VLMError(f"the VLM ({backend.model_id}) returned an empty answer; ask again or rephrase the question")
     return answer

@@ -77,7 +77,7 @@ class Resources:
             store = timed("gallery", lambda: GalleryStore.open(gallery_path, image_encoder=image_encoder))
         backend = None
         if config.vlm.backend != "none":
-            from geosleuth.vlm.backends import create_backend
+            from geosleuth.vlm.registry import create_backend
 
             backend = timed("vlm", lambda: create_backend(config.vlm))
         return cls(

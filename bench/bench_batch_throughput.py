@@ -71,21 +71,19 @@ def _cpu_seconds() -> float:
 
 
 def _process_cpu(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and its live descendants (vLLM forks an engine core)."""
+    """CPU seconds used so far by ``pid`` and the live members of its process group (vLLM forks an
+    engine core)."""
+    import psutil
+
+    from geosleuth.vlm.server import process_group_members
+
     total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        children = subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True).stdout
-        pids = [int(p) for p in children.split()] or [pid]
-    except (OSError, ValueError):
-        pass
-    for member in pids:
+    for member in process_group_members(os.getpgid(pid)) or [pid]:
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            continue
+            times = psutil.Process(member).cpu_times()
+        except psutil.Error:
+            continue  # ended meanwhile
+        total += times.user + times.system
     return total
 
 

@@ -85,7 +85,7 @@ def main() -> None:
 
     from geosleuth.config import Config
     from geosleuth.geo import ReverseGeocoder
-    from geosleuth.vlm.backends import create_backend
+    from geosleuth.vlm.registry import create_backend
 
     bench_prompts_and_parsing()
     geocoder = ReverseGeocoder()

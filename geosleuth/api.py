@@ -197,14 +197,17 @@ class Geolocator:
         top_k: int | None = None,
         constraint: Constraints = None,
         hint: str | None = None,
+        progress: bool = False,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Progress, step by step: ``(step, update)`` after each of perceive, retrieve, reason,
         verify, decide (``update["event"]`` is that step's TraceEvent; the other keys are what the
         step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace,
-        "summary": RunSummary})``."""
+        "summary": RunSummary})``. ``progress``: also ``("progress", {"progress": ProgressEvent})`` while a step
+        runs."""
         pipeline = await self._apipeline()
         async for step, update in pipeline.stream(
-            os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k, hint=hint
+            os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k, hint=hint,
+            progress=progress,
         ):
             yield step, update
 

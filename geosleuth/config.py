@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geosleuth.errors import ConfigError
+from geosleuth.prompts.schema import answer_token_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +70,12 @@ class RetrievalConfig(_Section):
 
 
 class VLMConfig(_Section):
+    recipe: Literal["auto", "cpu", "gpu", "gpu-small"] = Field(
+        "auto",
+        description="device recipe (model, prompt variants, samples, token budget) for settings left unset: "
+        "auto = by the device (cpu; gpu = Qwen2.5-VL-7B, full recipe; gpu-small = 3B); see geosleuth/recipes.py",
+    )
+    recipe_reason: str | None = Field(None, description="why that recipe (filled in when the configuration loads)")
     backend: Literal["transformers", "openai", "vllm", "none"] = Field(
         "transformers",
         description="transformers (in-process) | openai (vLLM or any OpenAI-compatible server) | vllm (in-process "
@@ -88,11 +95,21 @@ class VLMConfig(_Section):
     max_image_pixels: int = Field(
         1024 * 1024, ge=64 * 64, description="images are downscaled to at most this many pixels"
     )
-    max_new_tokens: int = Field(768, ge=16)
+    max_new_tokens: int = Field(
+        default_factory=lambda: answer_token_budget(chars_per_token=1.0),
+        ge=16,
+        description="token limit per reply; the recipes derive it from the answer schema (prompts/schema.py)",
+    )
     temperature: float = Field(0.7, ge=0.0)
     samples_per_variant: int = Field(2, ge=1)
-    device: str = "auto"
+    device: str = Field("auto", description="in-process backends: auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch_size: int = Field(
+        8, ge=1, description="in-process transformers backend: requests decoded together in one batch"
+    )
+    batch_wait_ms: float = Field(
+        10.0, ge=0, description="in-process transformers backend: how long a batch waits for more requests"
+    )
 
 
 class PromptConfig(_Section):
@@ -197,6 +214,12 @@ def load_config(
             dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_path(tree, dotted, _parse_value(raw), f"environment variable {name}")
     _apply_assignments(tree, overrides or [], "--set")
+    from geosleuth.recipes import apply_recipe
+
+    if not isinstance(tree.get("vlm", {}), dict):
+        raise ConfigError(f"invalid configuration: [vlm] must be a table{f' (in {file})' if file else ''}")
+    _, why = apply_recipe(tree)
+    tree["vlm"].setdefault("recipe_reason", why)
     return _validated(tree, f" (from {file})" if file else "")
 
 

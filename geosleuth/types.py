@@ -8,7 +8,7 @@ these objects only, never another stage's internals. Every top-level record carr
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -136,6 +136,9 @@ class ReasoningFailure(_Record):
     error: str
     raw_text: str | None = None
     sample_index: int = 0
+    # invalid = not a schema-valid answer (after one repair); cut_off = the token limit ended the
+    # reply (vlm.max_new_tokens too small for the answer); request = the backend gave no reply.
+    kind: Literal["invalid", "cut_off", "request"] = "invalid"
 
 
 class PromptRecord(_Record):
@@ -263,3 +266,19 @@ class RunSummary(_Record):
     def of_prediction(cls, prediction: Prediction) -> RunSummary:
         """A summary that knows only the prediction (its alternatives stand in for the candidates)."""
         return cls(prediction=prediction, candidates=list(prediction.alternatives))
+class ProgressEvent(_Record):
+    """What a running locate is doing right now (terminal and web displays render these).
+
+    ``state``: ``started`` when a step begins, ``generating`` while the VLM decodes (with token
+    counts), ``finished`` when the step ends. ``tokens``: tokens the VLM has generated so far in
+    this step, over all its prompts and samples; ``token_budget``: the most it may generate
+    (prompts x samples x ``vlm.max_new_tokens``: an upper bound, replies usually stop sooner).
+    """
+
+    image: str
+    step: str
+    state: Literal["started", "generating", "finished"]
+    elapsed_s: float = Field(ge=0)  # since this step started
+    tokens: int | None = Field(None, ge=0)
+    token_budget: int | None = Field(None, ge=0)
+    error: str | None = None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from geosleuth.config import EncoderConfig
+from geosleuth.devices import resolve_device, resolve_dtype
 from geosleuth.errors import ConfigError, ModelNotAvailableError
 from geosleuth.geo import validate_coordinates
 from geosleuth.models import resolve_model
@@ -218,32 +219,6 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; explicit CUDA requests fail clearly without a GPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"encoders.device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"encoders.device={device!r} but no CUDA GPU is available here; use auto or cpu")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' -> float16 on CUDA (half the memory, same retrieval quality), float32 on CPU."""
-    import torch
-
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
 # ---------------------------------------------------------------------------------------------
 # CLIP image encoder (+ GeoCLIP image head)
 
@@ -279,7 +254,7 @@ class CLIPImageEncoder:
         self.model_id = model_id
         self.batch_size = batch_size
         model_dir = resolve_model(model_id)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, setting="encoders.device")
         self.dtype = resolve_dtype(dtype, self.device)
 
         class _VisionTower(CLIPVisionModelWithProjection):
@@ -406,7 +381,7 @@ class GeoCLIPLocationEncoder:
             ) from None
         module = _GeoCLIPLocationEncoder(from_pretrained=False)
         module.load_state_dict(_torch_load(weights_file))
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, setting="encoders.device")
         self.module = module.to(self.device).eval()
         self.batch_size = batch_size
         self.logit_scale = float(torch.as_tensor(_torch_load(scale_file)).exp())

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_NAME = "geo_answer"
-# Length bounds: generous for real answers, and they stop a weak model (or a random test model)
-# from filling a string until max_tokens runs out under constrained decoding.
-MAX_CLUES = 8
-MAX_CLUE_CHARS = 200
-MAX_NAME_CHARS = 80
+# Length bounds: enough for real answers, and they stop a weak model (or a random test model)
+# from filling a string until max_tokens runs out under constrained decoding. They and the token
+# budget are derived from each other (``answer_token_budget``): keep them small enough that the
+# longest valid answer fits a CPU-friendly budget.
+MAX_CLUES = 3
+MAX_CLUE_CHARS = 90
+MAX_NAME_CHARS = 40
 
 
 def _clip_text(value: object, limit: int) -> object:
@@ -177,3 +180,57 @@ def parse_answer(text: str) -> GeoAnswer:
         return GeoAnswer.model_validate(data)
     except ValidationError as exc:
         raise AnswerParseError(_describe(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Token budget, derived from the schema's bounds
+
+# JSON numbers have no length bound in a schema: a coordinate or confidence longer than this is
+# assumed not to happen (a reply that does it anyway ends as a "cut off" failure, never silently).
+ASSUMED_NUMBER_CHARS = 12
+# Characters per token assumed for ordinary answer text with the BPE tokenizers of the default
+# models (Qwen2 / LLaMA families: English prose averages about 4; numbers and JSON punctuation
+# about 1-2). The budget is a cap, not a cost: constrained decoding stops at the schema's end.
+CHARS_PER_TOKEN = 3.0
+# The stop token and a few tokens of slack for tokenizer boundary effects.
+BUDGET_MARGIN_TOKENS = 16
+
+
+def _max_chars(node: dict[str, Any]) -> int:
+    """Longest compact-JSON text (separators "," and ":") a value of ``node`` can have."""
+    if "anyOf" in node:
+        return max(_max_chars(option) for option in node["anyOf"])
+    kind = node.get("type")
+    if kind == "object":
+        props = node["properties"]
+        inner = sum(len(json.dumps(name)) + 1 + _max_chars(sub) for name, sub in props.items())
+        return 2 + inner + max(len(props) - 1, 0)
+    if kind == "array":
+        if "maxItems" not in node:
+            raise ValueError("every array in the answer schema needs maxItems, or no token budget can fit it")
+        items = int(node["maxItems"])
+        return 2 + items * _max_chars(node["items"]) + max(items - 1, 0)
+    if kind == "string":
+        if "maxLength" not in node:
+            raise ValueError("every string in the answer schema needs maxLength, or no token budget can fit it")
+        return 2 + int(node["maxLength"])
+    if kind in ("number", "integer"):
+        return ASSUMED_NUMBER_CHARS
+    if kind == "boolean":
+        return len("false")
+    if kind == "null":
+        return len("null")
+    raise ValueError(f"the answer schema has a value of type {kind!r} that no token budget accounts for")
+
+
+def answer_max_chars() -> int:
+    """Characters of the longest valid answer, as constrained decoding writes it (no whitespace)."""
+    return _max_chars(answer_json_schema())
+
+
+def answer_token_budget(*, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """``max_tokens`` that fits the longest valid answer at ``chars_per_token`` (the CPU recipe's
+    ``vlm.max_new_tokens``). A reply still cut off is recorded as such (``finish_reason == "length"``)."""
+    if chars_per_token <= 0:
+        raise ValueError(f"chars_per_token must be > 0, got {chars_per_token}")
+    return math.ceil(answer_max_chars() / chars_per_token) + BUDGET_MARGIN_TOKENS

@@ -17,7 +17,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "[install] NVIDIA GPU found: default (CUDA) torch build"
-    "${PIP[@]}" install "torch>=2.4"
+    # torchvision: the GPU recipe's Qwen2.5-VL processors need it (it breaks nothing beside a CUDA torch)
+    "${PIP[@]}" install "torch>=2.4" torchvision
 else
     echo "[install] no GPU: torch 2.13.0 (CPU build)"
     "${PIP[@]}" install "torch==2.13.0"

@@ -148,21 +148,16 @@ def _open_geolocator(ctx: typer.Context) -> Geolocator:
 
 async def _locate_streaming(geo: Geolocator, path: str, top_k: int | None, err: Console) -> tuple[Prediction, Trace]:
     """Run one image through ``astream``, printing each finished step on stderr."""
+    from geosleuth.cli.progress import LocateProgress
+
     prediction: Prediction | None = None
     trace: Trace | None = None
-    from rich.text import Text
-
-    with err.status(Text(f"locating {path} ...")) as status:
-        async for step, update in geo.astream(path, top_k=top_k):
+    with LocateProgress(err, f"locating {path}") as progress:
+        async for step, update in geo.astream(path, top_k=top_k, progress=True):
             if step == "done":
                 prediction, trace = update["prediction"], update["trace"]
                 break
-            event = update.get("event")
-            took = f" {event.duration_s:.2f} s" if event is not None else ""
-            failed = event is not None and event.error
-            err.print(f"  [dim]{step}[/]{took}" + ("  [yellow](failed, continuing)[/]" if failed else ""),
-                      highlight=False)
-            status.update(Text(f"locating {path} ... {step} done"))
+            progress.feed(step, update)
     if prediction is None or trace is None:
         raise RuntimeError(f"the locate stream for {path} ended without a prediction")
     return prediction, trace

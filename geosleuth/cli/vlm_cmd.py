@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from geosleuth.config import Config
+    from geosleuth.vlm.backends import VLMReply
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -95,10 +96,10 @@ def _test_picture() -> Image.Image:
     return picture
 
 
-async def _ask(config: Config, backend: Any, picture: Image.Image, samples: int) -> tuple[list[str], float]:
+async def _ask(config: Config, backend: Any, picture: Image.Image, samples: int) -> tuple[list[VLMReply], float]:
     from geosleuth.prompts.render import load_template, render
     from geosleuth.prompts.schema import SCHEMA_NAME, answer_json_schema, answer_skeleton
-    from geosleuth.vlm.backends import ChatMessage, VLMRequest
+    from geosleuth.vlm.backends import ChatMessage, VLMRequest, as_replies
 
     template = load_template(config.prompts.reasoning_template)
     prompt = render(template, neighbors=[], dissimilar=[], gps_candidates=[], answer_format=answer_skeleton())
@@ -112,7 +113,7 @@ async def _ask(config: Config, backend: Any, picture: Image.Image, samples: int)
     )
     started = time.perf_counter()
     try:
-        texts = await backend.generate(request)
+        texts = as_replies(await backend.generate(request))
     finally:
         await backend.aclose()
     return texts, time.perf_counter() - started
@@ -129,7 +130,7 @@ def check(
     Exit code 0: every sample parsed as the answer schema; 1: some did not; 2: no answer at all.
     """
     from geosleuth.prompts.schema import AnswerParseError, parse_answer
-    from geosleuth.vlm.backends import create_backend
+    from geosleuth.vlm.registry import create_backend
 
     config = state(ctx).config()
     console = err_console()
@@ -148,8 +149,11 @@ def check(
 
     table = Table("sample", "parsed", "answer / error", "raw reply (start)")
     parsed = 0
-    for index, text in enumerate(texts):
+    for index, reply in enumerate(texts):
+        text = reply.text
         try:
+            if reply.cut_off:
+                raise AnswerParseError(f"cut off at the token limit ({config.vlm.max_new_tokens}, vlm.max_new_tokens)")
             answer = parse_answer(text)
         except AnswerParseError as exc:
             table.add_row(str(index), "[red]no[/]", str(exc), repr(text[:80]))

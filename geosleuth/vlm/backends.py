@@ -1,8 +1,9 @@
-"""The one interface every VLM backend implements, the request types, and ``create_backend``.
+"""The one interface every VLM backend implements and the request/reply types.
 
 A backend turns a chat (text + images), an optional JSON schema, a sample count and a temperature
-into raw reply texts. It never parses or repairs answers: that is the reason stage's job, the same
-for every backend.
+into raw replies (:class:`VLMReply`: the text and why generation stopped). It never parses or
+repairs answers: that is the reason stage's job, the same for every backend. Backends are created
+by name with :func:`geosleuth.vlm.registry.create_backend`.
 
 Errors a backend raises:
 
@@ -19,17 +20,20 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from geosleuth.errors import ConfigError, VLMError
+from geosleuth.errors import VLMError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from geosleuth.config import VLMConfig
-
 Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "unknown"]
+"""Why generation ended: ``stop`` = the model ended its answer (end-of-sequence or the schema was
+complete), ``length`` = cut off at ``max_tokens`` (the text is incomplete), ``unknown`` = the backend
+cannot tell."""
 
 
 class VLMRequestError(VLMError):
@@ -67,6 +71,9 @@ class VLMRequest:
     temperature: float = 0.7
     max_tokens: int = 768
     schema_name: str = "answer"  # the name a structured-output server is told
+    # Called from the backend's worker with the tokens generated so far for this request (all its
+    # samples); in-process backends call it as they decode, others may never call it.
+    on_tokens: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -79,14 +86,39 @@ class VLMRequest:
             raise ValueError(f"temperature must be >= 0 (got {self.temperature})")
 
 
+@dataclass(frozen=True)
+class VLMReply:
+    """One generated sample: the raw text and why generation stopped."""
+
+    text: str
+    finish_reason: FinishReason = "unknown"
+    tokens: int | None = None  # tokens generated, where the backend knows
+
+    @property
+    def cut_off(self) -> bool:
+        """True when the token limit ended the reply, so the text is incomplete."""
+        return self.finish_reason == "length"
+
+
+def finish_reason_of(value: object) -> FinishReason:
+    """A server's or engine's finish reason as ours: "stop" and "length" as they are, else unknown."""
+    return value if value in ("stop", "length") else "unknown"  # type: ignore[return-value]
+
+
+def as_replies(items: Sequence[VLMReply | str]) -> list[VLMReply]:
+    """Replies from a backend's ``generate`` result; plain strings (a backend written against the
+    older text-only protocol, or a test double) become replies whose finish reason is unknown."""
+    return [item if isinstance(item, VLMReply) else VLMReply(str(item)) for item in items]
+
+
 @runtime_checkable
 class VLMBackend(Protocol):
     """Anything that answers VLM requests. ``model_id`` is recorded in every hypothesis and trace."""
 
     model_id: str
 
-    async def generate(self, request: VLMRequest) -> list[str]:
-        """``request.n`` raw reply texts (fewer only if the backend could not produce more)."""
+    async def generate(self, request: VLMRequest) -> list[VLMReply]:
+        """``request.n`` replies (fewer only if the backend could not produce more)."""
         ...
 
     async def aclose(self) -> None:
@@ -112,26 +144,3 @@ def image_data_url(image: Image.Image, *, quality: int = 90) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def create_backend(vlm_config: VLMConfig) -> VLMBackend:
-    """The backend ``vlm_config.backend`` names. The in-process ones load their model here, once."""
-    kind = vlm_config.backend
-    if kind == "openai":
-        from geosleuth.vlm.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(vlm_config)
-    if kind == "transformers":
-        from geosleuth.vlm.transformers_backend import TransformersBackend
-
-        return TransformersBackend(vlm_config)
-    if kind == "vllm":
-        from geosleuth.vlm.vllm_engine import VLLMEngineBackend
-
-        return VLLMEngineBackend(vlm_config)
-    if kind == "none":
-        raise ConfigError(
-            "vlm.backend is 'none', so there is no VLM to ask; set vlm.backend to 'transformers' "
-            "(in-process) or 'openai' (a server such as `geosleuth vlm serve`)"
-        )
-    raise ConfigError(f"vlm.backend {kind!r} is not known; use transformers, openai or none")

@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 from geosleuth.errors import VLMError
 from geosleuth.vlm.backends import (
     VLMRejectedError,
+    VLMReply,
     VLMRequest,
     VLMUnavailableError,
     downscale_image,
+    finish_reason_of,
     image_data_url,
 )
+from geosleuth.vlm.registry import register_backend
 
 if TYPE_CHECKING:
     from geosleuth.config import VLMConfig
@@ -98,9 +101,9 @@ class OpenAIBackend:
             out.append({"role": message.role, "content": content})
         return out
 
-    async def generate(self, request: VLMRequest) -> list[str]:
+    async def generate(self, request: VLMRequest) -> list[VLMReply]:
         messages = await asyncio.to_thread(self._messages, request)  # JPEG encoding is CPU work
-        texts: list[str] = []
+        texts: list[VLMReply] = []
         # Some servers (llama.cpp) ignore `n` and return one choice: ask again for the rest.
         for _ in range(request.n):
             texts.extend(await self._complete(messages, request, request.n - len(texts)))
@@ -108,7 +111,7 @@ class OpenAIBackend:
                 break
         return texts[: request.n]
 
-    async def _complete(self, messages: list[dict[str, Any]], request: VLMRequest, n: int) -> list[str]:
+    async def _complete(self, messages: list[dict[str, Any]], request: VLMRequest, n: int) -> list[VLMReply]:
         import openai
 
         client, semaphore = self._session()
@@ -173,7 +176,7 @@ class OpenAIBackend:
         )
 
     @staticmethod
-    def _texts(completion: Any) -> list[str]:
+    def _texts(completion: Any) -> list[VLMReply]:
         choices = getattr(completion, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise _RetryableError(f"the response has no choices (got {type(completion).__name__})")
@@ -182,13 +185,23 @@ class OpenAIBackend:
         for choice in ordered:
             message = getattr(choice, "message", None)
             content = getattr(message, "content", None)
-            texts.append(content if isinstance(content, str) else "")
+            texts.append(
+                VLMReply(
+                    text=content if isinstance(content, str) else "",
+                    finish_reason=finish_reason_of(getattr(choice, "finish_reason", None)),
+                )
+            )
         return texts
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
+
+
+@register_backend("openai")
+def _create(config: VLMConfig) -> OpenAIBackend:
+    return OpenAIBackend(config)
 
 
 def _cause(exc: BaseException) -> str:

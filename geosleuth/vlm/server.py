@@ -28,8 +28,9 @@ from types import TracebackType
 from typing import Any
 
 from geosleuth.errors import VLMError
+from geosleuth.vlm.constrained import GRAMMAR_BACKEND
 
-DEFAULT_STRUCTURED_OUTPUTS: Mapping[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
+DEFAULT_STRUCTURED_OUTPUTS: Mapping[str, Any] = {"backend": GRAMMAR_BACKEND, "disable_any_whitespace": True}
 """xgrammar, and no free whitespace between JSON tokens: a weak model otherwise fills the allowed
 whitespace until ``max_tokens`` runs out."""
 
@@ -62,11 +63,6 @@ def vllm_import_error(python: str | os.PathLike[str], timeout: float = 180.0) ->
         return None
     last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-3:]
     return f"{exe} cannot import {_SERVER_MODULE}: " + " | ".join(last)
-
-
-def is_vllm_importable(python: str | os.PathLike[str] = sys.executable) -> bool:
-    """True when ``python`` can import vLLM's OpenAI server module."""
-    return vllm_import_error(python) is None
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -326,26 +322,14 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def process_group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group ``pgid``; read from /proc on Linux."""
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():  # not Linux: ask the kernel whether anything is left in the group
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [pgid]
+    """Live (not zombie) processes in process group ``pgid``."""
+    import psutil
+
     members = []
-    for entry in proc_dir.iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state ppid pgrp ...
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
+            if proc.status() != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue  # ended (or hidden) between the listing and the question
     return members

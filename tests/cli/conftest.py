@@ -175,7 +175,7 @@ class FakeGeolocator:
         prediction, _ = await self.alocate_with_trace(image_path, top_k=top_k)
         return prediction
 
-    async def astream(self, image_path, *, top_k=None, constraint=None):
+    async def astream(self, image_path, *, top_k=None, constraint=None, progress=False):
         prediction, trace = await self.alocate_with_trace(image_path, top_k=top_k)
         for step, event in zip(STEPS, trace.events, strict=True):
             yield step, {"event": event}

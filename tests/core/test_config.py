@@ -9,11 +9,50 @@ from geosleuth.errors import ConfigError
 
 
 def test_defaults_point_at_real_public_models():
-    config = load_config(environ={})
+    config = load_config(environ={"GEOSLEUTH__VLM__RECIPE": "gpu"})
     assert config.encoders.image_model == "openai/clip-vit-large-patch14"
     assert config.vlm.server_model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert config.vlm.model == "Qwen/Qwen2.5-VL-7B-Instruct"  # the GPU recipe: a model that can geolocate
     assert config.index.gallery is None  # a fresh install has no image gallery
     assert config.prompts.neighbor_counts == [0, 5, 10, 15]
+
+
+def test_the_cpu_recipe_is_light_and_every_setting_can_still_be_overridden(tmp_path):
+    from geosleuth.prompts.schema import answer_token_budget
+
+    config = load_config(environ={"GEOSLEUTH__VLM__DEVICE": "cpu"})
+    assert (config.vlm.recipe, config.vlm.recipe_reason) == ("cpu", "vlm.device is cpu")
+    assert config.vlm.model == "llava-hf/llava-interleave-qwen-0.5b-hf"
+    assert config.prompts.neighbor_counts == [0, 5] and config.vlm.samples_per_variant == 1
+    assert config.vlm.max_new_tokens == answer_token_budget() < 768
+    cfg = tmp_path / "g.toml"
+    cfg.write_text("[vlm]\nsamples_per_variant = 3\n")
+    mixed = load_config(cfg, overrides=["prompts.neighbor_counts=[0, 10]"], environ={"GEOSLEUTH__VLM__DEVICE": "cpu"})
+    assert mixed.vlm.samples_per_variant == 3 and mixed.prompts.neighbor_counts == [0, 10]
+    assert mixed.vlm.max_new_tokens == answer_token_budget()  # the rest still from the recipe
+
+
+def test_auto_recipe_follows_the_gpu_memory():
+    from geosleuth.recipes import apply_recipe
+
+    for memory, expected in [(None, "cpu"), (8 * 2**30, "gpu-small"), (80 * 2**30, "gpu")]:
+        tree: dict = {}
+        name, why = apply_recipe(tree, gpu_memory=lambda m=memory: m)
+        assert name == expected == tree["vlm"]["recipe"], why
+    tree = {"vlm": {"model": "my/own-vlm"}}
+    apply_recipe(tree, gpu_memory=lambda: 80 * 2**30)
+    assert tree["vlm"]["model"] == "my/own-vlm"  # a recipe never replaces what the user set
+
+
+def test_config_show_states_the_recipe_and_why():
+    from typer.testing import CliRunner
+
+    from geosleuth.cli import app
+
+    result = CliRunner().invoke(app, ["--set", "vlm.device=cpu", "config", "show"])
+    assert result.exit_code == 0, result.output
+    assert "# device recipe: cpu (vlm.device is cpu)" in result.output
+    assert 'recipe = "cpu"' in result.output and "max_new_tokens = " in result.output
 
 
 def test_precedence_file_then_env_then_flags(tmp_path):

@@ -210,3 +210,59 @@ def test_missing_csv_is_named(tmp_path: Path, geoclip_location_encoder: Location
     with pytest.raises(DataFileError, match="does not exist") as info:
         GPSGallery.load(str(missing), geoclip_location_encoder, cache_dir=None)
     assert str(missing) in str(info.value)
+
+
+class RandomUnitEncoder:
+    """A fast stand-in location encoder (random unit vectors per point) for gallery-size tests."""
+
+    name = "random-unit"
+    dim = 512
+    logit_scale = 39.7
+    weights_hash = "0" * 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, latlon: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        rng = np.random.default_rng(len(latlon))
+        vectors = rng.standard_normal((len(latlon), self.dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_first_run_says_it_embeds_once_and_later_runs_load_the_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.uniform(-80, 80, 60_000), rng.uniform(-180, 179, 60_000)], axis=1)
+    encoder = RandomUnitEncoder()
+    with caplog.at_level("WARNING", logger="geosleuth.index.gps_gallery"):
+        GPSGallery.from_coordinates(coords, encoder, cache_dir=tmp_path, source="big")
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert "60,000 points once, about 12 s" in note and str(tmp_path) in note
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geosleuth.index.gps_gallery"):
+        again = GPSGallery.from_coordinates(coords, encoder, cache_dir=tmp_path, source="big")
+    assert encoder.calls == 1 and caplog.records == []
+    assert len(again) == 60_000
+
+
+def test_top_k_over_a_large_gallery_is_exactly_the_float32_ranking() -> None:
+    rng = np.random.default_rng(1)
+    coords = np.stack([rng.uniform(-80, 80, 50_000), rng.uniform(-180, 179, 50_000)], axis=1)
+    gallery = GPSGallery.from_coordinates(coords, RandomUnitEncoder(), source="big")
+    # Near-ties on purpose: copies of one embedding, nudged below the half-precision resolution.
+    base = gallery.embeddings[10].copy()
+    for i, row in enumerate(range(100, 130)):
+        nudged = base + 1e-5 * (i + 1) * rng.standard_normal(512).astype(np.float32)
+        gallery.embeddings[row] = nudged / np.linalg.norm(nudged)
+    gallery = GPSGallery(coords, gallery.embeddings, logit_scale=39.7, source="big", encoder_name="r",
+                         encoder_weights_hash="0")
+    query = base + 0.01 * rng.standard_normal(512).astype(np.float32)
+    top = gallery.top_k(query, 20)
+    exact = gallery.embeddings.astype(np.float64) @ (query / np.linalg.norm(query))
+    order = np.lexsort((np.arange(len(exact)), -exact))[:20]
+    np.testing.assert_array_equal([(c.lat, c.lon) for c in top], coords[order])
+    logits = 39.7 * exact
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose([c.probability for c in top], softmax[order], rtol=1e-3)

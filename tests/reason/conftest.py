@@ -99,14 +99,15 @@ def make_config() -> Callable[..., Config]:
 # ---------------------------------------------------------------- misbehaving OpenAI-style server
 
 
-def completion_body(*texts: str, model: str = "fake-model") -> dict[str, Any]:
+def completion_body(*texts: str, model: str = "fake-model", finish_reasons: list[str] | None = None) -> dict[str, Any]:
+    reasons = finish_reasons or ["stop"] * len(texts)
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
         "model": model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": reasons[i]}
             for i, t in enumerate(texts)
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},

@@ -35,7 +35,7 @@ def _request(image: Image.Image | None = None, n: int = 1) -> VLMRequest:
 
 async def _generate(backend: OpenAIBackend, request: VLMRequest) -> list[str]:
     try:
-        return await backend.generate(request)
+        return [reply.text for reply in await backend.generate(request)]
     finally:
         await backend.aclose()
 
@@ -165,7 +165,7 @@ def test_concurrency_limit_holds(doubles, fake_server, make_config) -> None:
 def test_backend_survives_a_new_event_loop(doubles, fake_server, make_config) -> None:
     fake_server.script = [doubles.Reply(body=doubles.completion_body(text)) for text in ("one", "two")]
     backend = _backend(make_config, fake_server.url)
-    assert asyncio.run(backend.generate(_request())) == ["one"]  # loop 1 ends without aclose
+    assert [r.text for r in asyncio.run(backend.generate(_request()))] == ["one"]  # loop 1 ends without aclose
     assert asyncio.run(_generate(backend, _request())) == ["two"]
 
 
@@ -216,3 +216,20 @@ def test_reason_with_server_down_records_failures(closed_port_url, make_config, 
     assert result.hypotheses == [] and len(result.failures) == 2
     assert all("after 2 attempt" in f.error for f in result.failures)
     assert backend.attempts_made == 2
+
+
+def test_finish_reasons_come_through(doubles, fake_server, make_config) -> None:
+    body = doubles.completion_body("done", '{"clues":[', finish_reasons=["stop", "length"])
+    fake_server.script = [doubles.Reply(body=body)]
+    config = make_config(**{"vlm.base_url": fake_server.url, "vlm.server_model": "fake-model"})
+    backend = OpenAIBackend(config.vlm, environ={})
+
+    async def run() -> list:
+        try:
+            return await backend.generate(_request(n=2))
+        finally:
+            await backend.aclose()
+
+    first, second = asyncio.run(run())
+    assert (first.finish_reason, first.cut_off) == ("stop", False)
+    assert (second.finish_reason, second.cut_off) == ("length", True)

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from geosleuth.errors import ConfigError, VLMError
-from geosleuth.vlm.backends import create_backend
+from geosleuth.vlm.registry import create_backend
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

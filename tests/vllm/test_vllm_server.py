@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from openai import OpenAI
 from PIL import Image
@@ -112,12 +113,11 @@ def _assert_group_gone(pgid: int, members: list[int]) -> None:
         time.sleep(0.1)
     assert process_group_members(pgid) == []
     for pid in members:  # each one is gone or a zombie waiting to be reaped
-        stat = Path(f"/proc/{pid}/stat")
         try:
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+            state = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
             continue
-        assert state == "Z", f"process {pid} is still alive (state {state})"
+        assert state == psutil.STATUS_ZOMBIE, f"process {pid} is still alive (state {state})"
 
 
 def test_launcher_command_line() -> None:

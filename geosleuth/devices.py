@@ -1,0 +1,57 @@
+"""Device and dtype resolution, one rule for every model (encoders and in-process VLMs).
+
+``auto`` picks CUDA when a GPU is usable, else the CPU; an explicit CUDA request on a machine
+without one is a :class:`ConfigError` naming the setting. torch is imported when called, not here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from geosleuth.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def cuda_available() -> bool:
+    """True when torch sees a usable CUDA GPU (False when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str, *, setting: str = "device") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; explicit CUDA requests fail clearly without a GPU.
+
+    ``setting`` names the configuration key in error messages (e.g. ``vlm.device``).
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{setting}={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{setting}={device!r} but no CUDA GPU is available here; use auto or cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' -> float32 on CPU (half-precision matmuls are slow on most CPUs); on CUDA bfloat16
+    where the GPU supports it (the dtype VLM checkpoints ship in), else float16."""
+    import torch
+
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not known; use one of {', '.join(DTYPES)}")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
