@@ -121,7 +121,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a failed image scores a perfect GeoScore instead of 0",
     ),
     Mutation(
-        "haversine-latitude-factor", "geosleuth/geo.py",
+        "haversine-latitude-factor", "geosleuth/geo/distance.py",
         "a = np.sin(dlat / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlon / 2.0) ** 2",
         "a = np.sin(dlat / 2.0) ** 2 + np.sin(dlon / 2.0) ** 2",
         ("tests/core/test_geo.py",),
