@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosleuth.errors import GalleryIndexError, ImageLoadError
+from geosleuth.fileio import atomic_write_json
 from geosleuth.index.sources import EmbeddingsSource, GallerySource, metadata_records
 from geosleuth.index.store import (
     BUILD_DIR,
@@ -218,9 +219,7 @@ def _prepare(root: Path, plan: dict[str, Any], *, resume: bool, overwrite: bool)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=True, ensure_ascii=True)
 
 
 # ---------------------------------------------------------------------------------------------
