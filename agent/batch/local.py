@@ -5,9 +5,10 @@ The runner is generic over an async locate function ``(BatchItem) -> Prediction`
 
 Degraded results and the circuit breaker: unless ``allow_degraded``, a degraded result (a required
 stage such as the VLM gave nothing) is held back while it is part of a run of same-kind failures.
-A healthy result ends the run and the held lines are written (an isolated hiccup is recorded as
-what it is); when the breaker opens, the held results and the images still in flight are dropped,
-not written, and :class:`BatchCircuitOpen` says how to resume once the stage is back.
+A healthy result of an image started after them ends the run and the held lines are written (an
+isolated hiccup is recorded as what it is); when the breaker opens, the held results and the images
+still in flight are dropped, not written, and :class:`BatchCircuitOpen` says how to resume once the
+stage is back.
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ class _Committer:
 
     def __init__(
         self, writer: ResultsWriter, summary: BatchSummary, breaker: CircuitBreaker | None,
-        on_result: ResultCallback | None,
+        on_result: ResultCallback | None, order: dict[str, int],
     ) -> None:
         self.writer = writer
         self.summary = summary
         self.breaker = breaker
         self.on_result = on_result
+        self.order = order  # id -> position in which the images were started
         self.held: list[BatchResult] = []
 
     async def commit(self, result: BatchResult) -> None:
@@ -127,6 +129,11 @@ class _Committer:
             await self.commit(result)
             return
         kind = failure_kind(result.prediction)
+        if kind is None and self.held and self.order[result.item.id] < min(self.order[h.item.id] for h in self.held):
+            # Healthy, but started before every held failure (its stage answered before they failed):
+            # it says nothing about whether the stage is down now.
+            await self.commit(result)
+            return
         if kind is not None and kind != self.breaker.streak_kind:
             await self.flush()  # a different failure: the earlier run of failures was not an outage
         self.breaker.record(kind)
@@ -184,11 +191,12 @@ async def arun_batch(
         breaker = CircuitBreaker()
     retry = {status for status, wanted in (("error", retry_errors), ("degraded", retry_degraded)) if wanted}
     writer = ResultsWriter(out, fsync=fsync)
-    committer = _Committer(writer, summary, breaker, on_result)
+    order = {item.id: position for position, item in enumerate(item_list)}
+    committer = _Committer(writer, summary, breaker, on_result, order)
     started = time.perf_counter()
     try:
         done = prepare_output(writer, item_list, summary, resume=resume, overwrite=overwrite, retry=retry)
-        pending = [item for item in item_list if item.id not in done]
+        pending = [item for item in item_list if item.id not in done]  # started in this (input) order
         if on_start is not None:
             on_start(summary)
         started = time.perf_counter()

@@ -152,6 +152,7 @@ class FakeGeolocator:
         self.closed = False
         self.preflight_error: Exception | None = None  # what acheck_ready raises (a server that is down)
         self.preflights = 0
+        self.vlm_down_for: set[str] = set()  # file names answered without the VLM (degraded)
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[str] = []
@@ -187,6 +188,8 @@ class FakeGeolocator:
             alternatives = base.alternatives[: top_k or len(base.alternatives)]
             prediction = base.model_copy(update={"image": ref, "lat": LISBON[0], "lon": LISBON[1],
                                                  "alternatives": alternatives})
+            if Path(str(image_path)).name in self.vlm_down_for:
+                prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": ["vlm"]})
         trace.image, trace.prediction = ref, prediction
         return prediction, trace
 
