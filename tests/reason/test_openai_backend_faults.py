@@ -216,3 +216,15 @@ def test_reason_with_server_down_records_failures(closed_port_url, make_config, 
     assert result.hypotheses == [] and len(result.failures) == 2
     assert all("after 2 attempt" in f.error for f in result.failures)
     assert backend.attempts_made == 2
+
+
+def test_the_client_of_a_finished_event_loop_is_closed_not_dropped(doubles, fake_server, make_config) -> None:
+    """Two asyncio.run calls: the first loop's HTTP client is closed when that loop ends, before the
+    second call makes its own."""
+    fake_server.script = [doubles.Reply(body=doubles.completion_body(text)) for text in ("a", "b")]
+    backend = _backend(make_config, fake_server.url)
+    assert asyncio.run(backend.generate(_request())) == ["a"]
+    first = backend._client
+    assert first is not None and first.is_closed(), "closed when its loop shut down"
+    assert asyncio.run(_generate(backend, _request())) == ["b"]
+    assert backend._client is None
