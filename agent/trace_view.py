@@ -331,6 +331,9 @@ def trace_tree(trace: Trace) -> Any:
                                    p.place.hierarchy() if p.place else "",
                                    f"  confidence {p.confidence:.2f}" if p.confidence is not None else ""))
         decision.add(Text(osm_link(p.lat, p.lon), style="dim"))
+        if p.degraded:
+            missing = ", ".join(p.missing_stages)
+            decision.add(Text.assemble(("status degraded: ", "bold yellow"), f"answered without {missing}"))
     else:
         decision.add(Text.assemble(("no coordinate: ", "bold red"), p.failure_reason or ""))
     if p is not None:
@@ -607,6 +610,8 @@ def trace_html(trace: Trace, *, land: Sequence[tuple[float, float, float]] = (),
             f"{esc(p.place.hierarchy() if p.place else 'unknown place')}{esc(conf)} · "
             f'<a href="{esc(osm_link(p.lat, p.lon))}">OpenStreetMap</a></p>'
         )
+        if p.degraded:
+            parts.append(f'<p class="bad">Status: degraded, answered without {esc(", ".join(p.missing_stages))}</p>')
     else:
         parts.append(f'<p class="bad">No coordinate: {esc(p.failure_reason or "")}</p>')
     if d.exif_gps is not None:

@@ -118,3 +118,19 @@ def test_a_trace_dir_from_batch_works_as_input(trace_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     pages = trace_dir.with_name("traces-html")
     assert sorted(p.name for p in pages.glob("*.html")) == ["index.html", "t-a.html", "t-b.html"]
+
+
+def test_a_degraded_answer_says_so_in_the_terminal_and_html_views(trace_file: Path, tmp_path: Path):
+    from geosleuth.types import Prediction, Trace
+
+    trace = Trace.model_validate_json(trace_file.read_text())
+    assert trace.prediction is not None
+    trace.prediction = Prediction.model_validate({**trace.prediction.model_dump(), "missing_stages": ["vlm"]})
+    path = tmp_path / "degraded.json"
+    path.write_text(trace.model_dump_json())
+    shown = runner.invoke(app, ["trace", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "status degraded: answered without vlm" in shown.stdout
+    pages = tmp_path / "pages"
+    assert runner.invoke(app, ["trace", "html", str(path), "--out", str(pages)]).exit_code == 0
+    assert "Status: degraded, answered without vlm" in next(pages.glob("*.html")).read_text()
