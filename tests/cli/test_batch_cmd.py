@@ -142,20 +142,20 @@ def test_error_messages_with_brackets_are_printed_as_text(fake_geo, tmp_path):
 
 
 def test_a_setup_error_stops_the_batch_with_exit_2_and_keeps_finished_lines(fake_geo, folder, tmp_path, monkeypatch):
-    from geosleuth.vlm.backends import VLMUnavailableError
+    from geosleuth.errors import GalleryIndexError
 
     real = fake_geo.alocate
 
-    async def flaky(path, **kwargs):
+    async def flaky(path, **kwargs):  # the gallery index breaks mid-run (retrieve raises this)
         if len(fake_geo.calls) >= 2:
-            raise VLMUnavailableError("no answer from the VLM server at http://127.0.0.1:9/v1", attempts=3)
+            raise GalleryIndexError("gallery index /data/store is corrupt: rebuild it with `geosleuth index build`")
         return await real(path, **kwargs)
 
     monkeypatch.setattr(fake_geo, "alocate", flaky)
     out = tmp_path / "r.jsonl"
     result = runner.invoke(app, ["batch", str(folder), "--out", str(out), "-j", "1"])
     assert result.exit_code == 2, result.output
-    assert "stopped: batch stopped: no answer from the VLM server" in result.output
+    assert "stopped: batch stopped: gallery index /data/store is corrupt" in result.output
     assert "--resume" in result.output
     assert len(out.read_text().splitlines()) == 2  # the two images finished before it stopped
     assert re.search(r"not done\s+4 \(re-run with --resume\)", result.stdout)
