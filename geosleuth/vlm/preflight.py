@@ -9,6 +9,8 @@ from geosleuth.errors import StageUnavailableError
 from geosleuth.vlm.backends import ChatMessage, VLMRequest, VLMRequestError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from geosleuth.config import VLMConfig
     from geosleuth.vlm.backends import VLMBackend
 
@@ -16,10 +18,10 @@ if TYPE_CHECKING:
 PROBE_MAX_TOKENS = 4
 
 
-def _probe_picture():  # type: ignore[no-untyped-def]
-    from PIL import Image
+def _probe_picture() -> Image.Image:
+    from PIL import Image as PILImage
 
-    return Image.new("RGB", (64, 48), (120, 170, 230))
+    return PILImage.new("RGB", (64, 48), (120, 170, 230))
 
 
 async def check_server_answers(backend: VLMBackend, config: VLMConfig) -> None:

@@ -77,3 +77,42 @@ def test_a_server_slower_than_the_timeout_stops_the_run_without_degraded_lines(
     assert "3 images in a row came back with missing vlm" in result.stdout
     assert "--resume" in result.stderr
     assert out.read_text() == "", "no answer made without the VLM was written"
+
+
+def test_no_server_running_stops_batch_and_locate_before_the_first_photo(
+    closed_port_url, write_tiny_config, tmp_path: Path
+) -> None:
+    """The issue's reproduction: `--set vlm.backend=openai --set vlm.base_url=...` with no server."""
+    config = _config(write_tiny_config, tmp_path, "http://127.0.0.1:8000/v1", max_retries=0)  # --set overrides
+    photos = _photos(tmp_path / "photos", 3)
+    out = tmp_path / "r.jsonl"
+    flags = ["-c", str(config), "--set", f"vlm.base_url={closed_port_url}"]
+    for command in (["batch", str(photos), "--out", str(out)], ["locate", str(photos / "p0.jpg")]):
+        result = runner.invoke(app, [*flags, *command])
+        assert result.exit_code == 4, result.output
+        message = " ".join(result.stderr.split())
+        assert "preflight failed" in message and closed_port_url in message and "geosleuth vlm serve" in message
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_preflight_sends_one_small_real_request(doubles, fake_server, make_config) -> None:
+    import asyncio
+
+    from geosleuth.vlm.openai_backend import OpenAIBackend
+    from geosleuth.vlm.preflight import check_server_answers
+
+    fake_server.script = [doubles.Reply(body=doubles.completion_body("Paris"))]
+    config = make_config(**{"vlm.base_url": fake_server.url, "vlm.server_model": "fake-model"})
+    backend = OpenAIBackend(config.vlm, environ={})
+
+    async def check() -> None:
+        try:
+            await check_server_answers(backend, config.vlm)
+        finally:
+            await backend.aclose()
+
+    asyncio.run(check())
+    [sent] = fake_server.requests
+    body = sent["json"]
+    assert body["n"] == 1 and body["max_tokens"] == 4 and body["model"] == "fake-model"
+    assert body["messages"][0]["content"][0]["type"] == "image_url"
