@@ -149,7 +149,9 @@ class Geolocator:
     ) -> Prediction:
         """Where ``image_path`` was taken. Raises ImageLoadError (naming the file) for a bad image.
 
-        A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``.
+        A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``
+        (``status`` "failed"); one made without a stage the configuration asks for (e.g. the VLM
+        server did not answer) has ``status`` "degraded" and names them in ``missing_stages``.
         ``hint``: what you know about the place, in words (e.g. "it is in South America"); the VLM
         is shown it. It restricts nothing by itself: pass ``constraint`` for that.
         """
