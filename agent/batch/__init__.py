@@ -28,6 +28,7 @@ from .local import (
     ResultCallback,
     StartCallback,
     arun_batch,
+    locate_one,
     map_unordered,
     run_batch,
 )
@@ -37,6 +38,7 @@ from .results import (
     ResultRecord,
     ResultsScan,
     ResultsWriter,
+    open_results,
     prepare_output,
     read_results,
     scan_results,
@@ -48,6 +50,6 @@ __all__ = [
     "BatchAborted", "BatchCircuitOpen", "BatchInput", "BatchInterrupted", "BatchItem", "BatchResult",
     "BatchStopped", "BatchSummary", "CircuitBreaker", "InputKind", "LocateFn", "ResultCallback",
     "ResultRecord", "ResultsScan", "ResultsWriter", "StartCallback", "arun_batch", "check_unique",
-    "failure_kind", "find_images", "map_unordered", "prepare_output", "read_batch_input",
+    "failure_kind", "find_images", "locate_one", "map_unordered", "open_results", "prepare_output", "read_batch_input",
     "read_results", "run_batch", "scan_results",
 ]

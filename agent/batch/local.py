@@ -26,7 +26,7 @@ from geosleuth.types import Prediction
 
 from .breaker import CircuitBreaker, failure_kind
 from .inputs import BatchItem, check_unique
-from .results import BatchResult, ResultsWriter, prepare_output
+from .results import BatchResult, open_results
 from .summary import BatchAborted, BatchCircuitOpen, BatchInterrupted, BatchSummary
 
 # Errors about the environment, not about one image: recording them once per image would fill the
@@ -83,9 +83,11 @@ async def map_unordered(
             await asyncio.gather(*in_flight, return_exceptions=True)
 
 
-async def _locate_one(
-    item: BatchItem, locate_fn: LocateFn, fatal: tuple[type[BaseException], ...]
+async def locate_one(
+    item: BatchItem, locate_fn: LocateFn, fatal: tuple[type[BaseException], ...] = DEFAULT_FATAL_ERRORS
 ) -> BatchResult:
+    """One image through ``locate_fn``: a prediction, or the error recorded as that image's result
+    (``fatal`` exceptions propagate). Every engine runs an image this way."""
     started = time.perf_counter()
     try:
         prediction = await locate_fn(item)
@@ -105,10 +107,10 @@ class _Committer:
     ones back while the breaker decides whether the stage is down."""
 
     def __init__(
-        self, writer: ResultsWriter, summary: BatchSummary, breaker: CircuitBreaker | None,
+        self, write: Callable[[bytes], None], summary: BatchSummary, breaker: CircuitBreaker | None,
         on_result: ResultCallback | None, order: dict[str, int],
     ) -> None:
-        self.writer = writer
+        self.write = write  # blocking: appends a line and fsyncs it
         self.summary = summary
         self.breaker = breaker
         self.on_result = on_result
@@ -116,7 +118,7 @@ class _Committer:
         self.held: list[BatchResult] = []
 
     async def commit(self, result: BatchResult) -> None:
-        await asyncio.to_thread(self.writer.write, result.to_json_line())  # fsync off the loop's thread
+        await asyncio.to_thread(self.write, result.to_json_line())  # fsync off the loop's thread
         self.summary.add(result)
         if self.on_result is not None:
             self.on_result(result)
@@ -155,6 +157,21 @@ class _Committer:
             await self.commit(result)
 
 
+async def _run(
+    pending: list[BatchItem], locate_fn: LocateFn, concurrency: int, fatal: tuple[type[BaseException], ...],
+    committer: _Committer, breaker: CircuitBreaker | None,
+) -> None:
+    async def locate(item: BatchItem) -> BatchResult:
+        return await locate_one(item, locate_fn, fatal)
+
+    async with aclosing(map_unordered(locate, pending, concurrency)) as results:
+        async for result in results:
+            await committer.take(result)
+            if breaker is not None and breaker.tripped:
+                return  # closing the iterator cancels the images in flight: none is written
+    await committer.flush()
+
+
 async def arun_batch(
     items: Iterable[BatchItem],
     locate_fn: LocateFn,
@@ -184,31 +201,23 @@ async def arun_batch(
     out = Path(out_path)
     summary = summary if summary is not None else BatchSummary(out)
     summary.out_path, summary.total = out, len(item_list)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if allow_degraded:
         breaker = None
     elif breaker is None:
         breaker = CircuitBreaker()
-    retry = {status for status, wanted in (("error", retry_errors), ("degraded", retry_degraded)) if wanted}
-    writer = ResultsWriter(out, fsync=fsync)
     order = {item.id: position for position, item in enumerate(item_list)}
-    committer = _Committer(writer, summary, breaker, on_result, order)
     started = time.perf_counter()
     try:
-        done = prepare_output(writer, item_list, summary, resume=resume, overwrite=overwrite, retry=retry)
-        pending = [item for item in item_list if item.id not in done]  # started in this (input) order
-        if on_start is not None:
-            on_start(summary)
-        started = time.perf_counter()
-
-        async def locate(item: BatchItem) -> BatchResult:
-            return await _locate_one(item, locate_fn, fatal_errors)
-
-        async with aclosing(map_unordered(locate, pending, concurrency)) as results:
-            async for result in results:
-                await committer.take(result)
-                if breaker is not None and breaker.tripped:
-                    break  # closing the iterator cancels the images in flight: none is written
+        with open_results(
+            out, item_list, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
+            retry_degraded=retry_degraded, fsync=fsync,
+        ) as (write, done):
+            committer = _Committer(write, summary, breaker, on_result, order)
+            pending = [item for item in item_list if item.id not in done]  # started in this (input) order
+            if on_start is not None:
+                on_start(summary)
+            started = time.perf_counter()
+            await _run(pending, locate_fn, concurrency, fatal_errors, committer, breaker)
         if breaker is not None and breaker.tripped:
             summary.circuit_open = breaker.reason
             raise BatchCircuitOpen(
@@ -218,7 +227,6 @@ async def arun_batch(
                 "re-run with --resume; or pass --allow-degraded to keep going without it",
                 summary,
             )
-        await committer.flush()
     except asyncio.CancelledError:
         summary.interrupted = True
         raise
@@ -231,7 +239,6 @@ async def arun_batch(
         ) from exc
     finally:
         summary.elapsed_s = time.perf_counter() - started
-        writer.close()
     return summary
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -303,3 +304,20 @@ def prepare_output(
             summary.previous[entry.status] += 1
     summary.previously_done = len(done & wanted)
     return done
+
+
+@contextmanager
+def open_results(
+    out_path: str | os.PathLike[str], items: Sequence[BatchItem], summary: BatchSummary, *, resume: bool = False,
+    overwrite: bool = False, retry_errors: bool = False, retry_degraded: bool = False, fsync: bool = True,
+) -> Iterator[tuple[Callable[[bytes], None], set[str]]]:
+    """Lock and prepare the results file as every engine does (resume, overwrite, retries); yield
+    ``(write, done_ids)``: ``write(lines)`` appends complete lines in one write (+ fsync), blocking."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = ResultsWriter(out, fsync=fsync)
+    retry = {status for status, wanted in (("error", retry_errors), ("degraded", retry_degraded)) if wanted}
+    try:
+        yield writer.write, prepare_output(writer, items, summary, resume=resume, overwrite=overwrite, retry=retry)
+    finally:
+        writer.close()
