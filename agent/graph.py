@@ -6,11 +6,12 @@ models arrive as the run's LangGraph context (:class:`~geosleuth.agent.runtime.R
 CPU-bound work (decoding, encoders, index search) runs in worker threads so many images can be in
 flight on one event loop.
 
-Failure policy: a bad image (perceive) or a broken index (retrieve) raises; the VLM is an optional
-source, so unusable replies, an unreachable server or a crash in the VLM step are recorded in
-``failures`` and the answer comes from retrieval, while a VLM misconfiguration every image would hit
-(refused API key, model not served) raises; an image with no candidate at all gets a Prediction with
-lat=None and a reason.
+Failure policy: a bad image (perceive) or a broken index (retrieve) raises; unusable replies, an
+unreachable server or a crash in the VLM step are recorded in ``failures`` and the answer comes from
+retrieval, marked ``status = degraded`` with ``missing_stages = ["vlm"]`` (every stage the
+configuration asks for that did not contribute is named there); a VLM misconfiguration every image
+would hit (refused API key, model not served) raises; an image with no candidate at all gets a
+Prediction with lat=None, status ``failed`` and a reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from geosleuth.agent.verify import verify, weights_of
 from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
+    STAGE_GALLERY,
+    STAGE_GPS_GALLERY,
+    STAGE_VLM,
     CandidateSource,
     Prediction,
     ProgressEvent,
@@ -265,6 +269,9 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         no_candidate_reason=_no_candidate_reason(state, res),
     )
     prediction.trace_id = state["trace_id"]
+    missing = missing_stages(state, res)
+    if missing:  # re-validated: the status follows from the missing stages and the coordinate
+        prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": missing})
     outputs = {
         "lat": prediction.lat,
         "lon": prediction.lon,
@@ -272,9 +279,43 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "confidence": prediction.confidence,
         "sources_used": prediction.sources_used,
         "failure_reason": prediction.failure_reason,
+        "status": prediction.status.value,
+        "missing_stages": prediction.missing_stages,
     }
     inputs = {"ranked_candidates": len(ranked), "top_k": top_k, "refine_radius_km": res.config.verify.refine_radius_km}
     return {"prediction": prediction, "events": [_event(state, "decide", started, inputs, outputs)]}
+
+
+def required_stages(res: Resources) -> list[str]:
+    """The stages this configuration asks for: an answer without one of them is degraded."""
+    required = []
+    if res.backend is not None:  # vlm.backend != none
+        required.append(STAGE_VLM)
+    if res.store is not None:  # index.gallery is set
+        required.append(STAGE_GALLERY)
+    if res.gps_gallery is not None and res.config.retrieval.k_gps > 0:  # index.gps_gallery is not none
+        required.append(STAGE_GPS_GALLERY)
+    return required
+
+
+def missing_stages(state: LocateState, res: Resources) -> list[str]:
+    """Required stages that gave this image nothing: the VLM without one usable answer, a gallery
+    that did not answer. (A GPS gallery needs a GeoCLIP embedding: without one it is not asked.)"""
+    retrieval = state.get("retrieval")
+    sources = retrieval.sources if retrieval is not None else []
+    embeddings = state.get("embeddings")
+    missing = []
+    for stage in required_stages(res):
+        if stage == STAGE_VLM:
+            reasoning = state.get("reasoning")
+            if reasoning is None or not reasoning.hypotheses:
+                missing.append(stage)
+        elif stage == STAGE_GPS_GALLERY:
+            if embeddings is not None and embeddings.geoclip is not None and stage not in sources:
+                missing.append(stage)
+        elif stage not in sources:
+            missing.append(stage)
+    return missing
 
 
 def _no_candidate_reason(state: LocateState, res: Resources) -> str:

@@ -90,6 +90,9 @@ class EvalMetrics(_Model):
     n: int
     failures: int
     failure_reasons: dict[str, int] = Field(default_factory=dict)
+    # Scored answers made without a required stage (e.g. no VLM), by stage; counted beside failures.
+    degraded: int = 0
+    degraded_stages: dict[str, int] = Field(default_factory=dict)
     unmatched_predictions: int = 0  # predictions whose id is not in the ground truth (not scored)
     acc_km: dict[str, Estimate]
     mean_km: Estimate
@@ -325,6 +328,8 @@ def evaluate(
         n=n,
         failures=int(n - ok.sum()),
         failure_reasons=_failure_reasons(preds),
+        degraded=sum(1 for p in preds if p.degraded),
+        degraded_stages=dict(Counter(stage for p in preds if p.degraded for stage in p.missing_stages)),
         unmatched_predictions=len(matched.unmatched_ids),
         acc_km=acc,
         mean_km=mean_km,

@@ -343,12 +343,14 @@ def write_report(
     title: str | None = None,
     notes: Sequence[str] = (),
     boundaries: CountryBoundaries | None = None,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
     """Write metrics.json, per_image.csv, report.md and plots into ``run_dir`` (created if needed).
 
     ``dataset`` (default: manifest.json's "dataset" when present) adds the published results for
     that benchmark to the report. ``notes`` (e.g. loader warnings) are listed in the report.
     ``boundaries``: the country polygons for the world map (e.g. ``geocoder.boundaries``); None loads them.
+    ``extra_metrics`` (e.g. a run's per-step failure counts) are added to metrics.json.
     """
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -356,7 +358,9 @@ def write_report(
     dataset = dataset or _dataset_from_manifest(root)
 
     metrics_path = root / METRICS_FILE
-    metrics_path.write_text(json.dumps(m.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    metrics_path.write_text(
+        json.dumps({**m.model_dump(mode="json"), **(extra_metrics or {})}, indent=2) + "\n", encoding="utf-8"
+    )
 
     matched = match_to_truth(truths, predictions)
     method = "haversine" if m.distance.startswith("haversine") else "geodesic"

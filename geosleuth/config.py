@@ -239,11 +239,27 @@ def _validated(tree: dict[str, Any], where: str) -> Config:
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
 
 
-def apply_overrides(config: Config, assignments: Sequence[str], *, origin: str = "--set") -> Config:
-    """``config`` with ``section.key=value`` strings applied in order (later wins), read as ``--set`` reads them."""
+def apply_overrides(
+    config: Config, overrides: Sequence[str] | Mapping[str, Any], *, origin: str = "--set"
+) -> Config:
+    """``config`` with overrides applied (later wins), validated. ``overrides`` is either
+    ``section.key=value`` strings, read as ``--set`` reads them, or a mapping of typed values:
+    ``{"section__key": value}`` / ``{"section.key": value}`` / ``{"section": {"key": value}}``
+    (``Geolocator.from_config(**overrides)``)."""
     tree = config.model_dump(mode="json")
-    _apply_assignments(tree, assignments, origin)
-    return _validated(tree, f" after {origin} {list(assignments)}")
+    if isinstance(overrides, Mapping):
+        for name, value in overrides.items():
+            dotted = name.replace("__", ".")
+            if "." in dotted:
+                _set_path(tree, dotted, value, f"{origin} {name!r}")
+            elif isinstance(value, Mapping):
+                for key, item in value.items():
+                    _set_path(tree, f"{name}.{key}", item, f"{origin} {name!r}")
+            else:
+                raise ConfigError(f"{origin} {name!r}: give a dict of settings, or use {name}__KEY=value")
+        return _validated(tree, f" after {origin} {dict(overrides)!r}")
+    _apply_assignments(tree, overrides, origin)
+    return _validated(tree, f" after {origin} {list(overrides)}")
 
 
 def expand_path(path: Path) -> Path:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from geosleuth.geo.coordinates import validate_coordinate
 from geosleuth.geo.place import Place as Place
 
-SCHEMA_VERSION = "1.0"
+# 1.1: Prediction.status and Prediction.missing_stages. 1.0 files stay readable (see Prediction).
+SCHEMA_VERSION = "1.1"
 
 MetadataValue = str | int | float | bool | None
 
@@ -188,6 +189,22 @@ class StepFailure(_Record):
     error: str
 
 
+class PredictionStatus(str, Enum):
+    """What a prediction is: ``ok`` (every stage the configuration asks for contributed),
+    ``degraded`` (a coordinate, but a required stage was missing: ``missing_stages`` names them) or
+    ``failed`` (no coordinate; ``failure_reason`` says why)."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+# Names in Prediction.missing_stages: the stages a configuration can require.
+STAGE_VLM = "vlm"
+STAGE_GALLERY = "gallery"
+STAGE_GPS_GALLERY = "gps-gallery"
+
+
 class Prediction(_Record):
     """The answer for one image. ``lat``/``lon`` are None when nothing could be predicted, and then
     ``failure_reason`` says why; a failed step never turns into a made-up coordinate."""
@@ -204,17 +221,47 @@ class Prediction(_Record):
     failures: list[StepFailure] = Field(default_factory=list)
     failure_reason: str | None = None
     trace_id: str | None = None
+    # Set by the locate graph; derived when not given: failed without a coordinate, degraded when
+    # stages are missing, else ok.
+    status: PredictionStatus = PredictionStatus.OK
+    missing_stages: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_1_0(cls, data: Any) -> Any:
+        """Schema 1.0 had no status. Its graph recorded a VLM that gave nothing (server down, no usable
+        reply) as a failed "reason" step with no "vlm" among the sources: read that as degraded."""
+        if not isinstance(data, dict) or data.get("schema_version") != "1.0" or "status" in data:
+            return data
+        failures = data.get("failures") or []
+        vlm_failed = any(isinstance(f, dict) and f.get("step") == "reason" for f in failures)
+        if data.get("lat") is not None and vlm_failed and STAGE_VLM not in (data.get("sources_used") or []):
+            return {**data, "status": PredictionStatus.DEGRADED.value, "missing_stages": [STAGE_VLM]}
+        return data
 
     @model_validator(mode="after")
     def _validate(self) -> Prediction:
         self.lat, self.lon = _check_lat_lon(self.lat, self.lon)
-        if self.lat is None and not self.failure_reason:
-            raise ValueError("a prediction without a coordinate must give a failure_reason")
+        if self.lat is None:
+            if not self.failure_reason:
+                raise ValueError("a prediction without a coordinate must give a failure_reason")
+            self.status = PredictionStatus.FAILED
+        elif self.status is PredictionStatus.FAILED:
+            raise ValueError("a prediction with a coordinate cannot have status 'failed'")
+        elif self.missing_stages:
+            self.status = PredictionStatus.DEGRADED
+        elif self.status is PredictionStatus.DEGRADED:
+            raise ValueError("a degraded prediction must name its missing_stages")
         return self
 
     @property
     def ok(self) -> bool:
+        """A coordinate was predicted (``status`` says whether every required stage took part)."""
         return self.lat is not None
+
+    @property
+    def degraded(self) -> bool:
+        return self.status is PredictionStatus.DEGRADED
 
 
 class TraceEvent(_Record):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosleuth.errors import GalleryIndexError, ImageLoadError
+from geosleuth.fileio import atomic_write_json, atomic_writer
 from geosleuth.index.sources import EmbeddingsSource, GallerySource, metadata_records
 from geosleuth.index.store import (
     BUILD_DIR,
@@ -218,9 +219,7 @@ def _prepare(root: Path, plan: dict[str, Any], *, resume: bool, overwrite: bool)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=True, ensure_ascii=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,12 +313,8 @@ def _write_shard(
 ) -> None:
     name = _shard_name(s)
     _write_json_atomic(work / f"{name}.failures.json", [asdict(f) for f in failures])
-    tmp = work / f"{name}.npz.tmp"
-    with tmp.open("wb") as fh:
+    with atomic_writer(work / f"{name}.npz", binary=True) as fh:  # the .npz appearing marks the shard done
         np.savez(fh, positions=positions, vectors=vectors, lat=lat.astype(np.float64), lon=lon.astype(np.float64))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, work / f"{name}.npz")  # the .npz appearing is what marks the shard done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ def trace_html(trace: Trace, *, land: Sequence[tuple[float, float, float]] = (),
             f"{esc(p.place.hierarchy() if p.place else 'unknown place')}{esc(conf)} · "
             f'<a href="{esc(osm_link(p.lat, p.lon))}">OpenStreetMap</a></p>'
         )
+        if p.degraded:
+            parts.append(f'<p class="bad">Status: degraded, answered without {esc(", ".join(p.missing_stages))}</p>')
     else:
         parts.append(f'<p class="bad">No coordinate: {esc(p.failure_reason or "")}</p>')
     if d.exif_gps is not None:

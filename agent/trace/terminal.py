@@ -102,6 +102,9 @@ def trace_tree(trace: Trace) -> Any:
                                    p.place.hierarchy() if p.place else "",
                                    f"  confidence {p.confidence:.2f}" if p.confidence is not None else ""))
         decision.add(Text(osm_link(p.lat, p.lon), style="dim"))
+        if p.degraded:
+            missing = ", ".join(p.missing_stages)
+            decision.add(Text.assemble(("status degraded: ", "bold yellow"), f"answered without {missing}"))
     else:
         decision.add(Text.assemble(("no coordinate: ", "bold red"), p.failure_reason or ""))
     if p is not None:

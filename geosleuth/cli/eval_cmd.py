@@ -31,6 +31,7 @@ class FormatChoice(str, Enum):
     auto = "auto"
     geosleuth_jsonl = "geosleuth-jsonl"
     published_csv = "published-csv"
+    table_csv = "table-csv"
 
 
 class DistanceChoice(str, Enum):
@@ -72,7 +73,8 @@ def _guarded(fn: Callable[[], T], collected: list[str]) -> T:
 @app.command("score")
 def score(
     predictions: Path = typer.Option(
-        ..., "--predictions", "-p", help="geosleuth batch JSONL, or a published per-image CSV (own truth)"
+        ..., "--predictions", "-p",
+        help="geosleuth batch JSONL, a CSV (our export, or id,lat,lon), or a published per-image CSV (own truth)"
     ),
     truth: Path | None = typer.Option(
         None, "--truth", "-t", help="ground-truth metadata (optional for a published CSV, which carries it)"
@@ -84,7 +86,8 @@ def score(
         None, "--images", help="image folder: list ground-truth images that are missing or unreadable"
     ),
     fmt: FormatChoice = typer.Option(
-        FormatChoice.auto, "--format", help="predictions format (auto: .csv = published, else JSONL)"
+        FormatChoice.auto, "--format",
+        help="predictions format (auto: a .csv with truth columns = published, other .csv = table, else JSONL)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON (metrics.json's keys)"),
     resamples: int = typer.Option(1000, "--resamples", min=0, help="bootstrap resamples (0: no intervals)"),
@@ -105,7 +108,8 @@ def score(
 ) -> None:
     """Score predictions: accuracy within 1/25/200/750/2500 km, errors, GeoScore, places, with intervals.
 
-    Failures (error lines, missing predictions) count as misses and are reported separately.
+    Failures (error lines, missing predictions) count as misses and are reported separately;
+    degraded answers (made without a required stage, e.g. the VLM) are counted beside them.
     """
     from geosleuth.eval.datasets import guess_dataset, load_dataset
     from geosleuth.eval.metrics import evaluate
@@ -170,6 +174,9 @@ def score(
         return
     console = Console()
     console.print(metrics_table(metrics, title=f"{predictions.name} — {dataset_name}, {metrics.distance}"))
+    console.print(f"failed: {metrics.failures} of {metrics.n}; degraded: {metrics.degraded} of {metrics.n}"
+                  + (" (" + ", ".join(f"{count} without {stage}" for stage, count in metrics.degraded_stages.items())
+                     + ")" if metrics.degraded else ""), highlight=False)
     if metrics.failure_reasons:
         top = list(metrics.failure_reasons.items())[:5]
         summary = "; ".join(f"{count} × {reason}" for reason, count in top)

@@ -77,7 +77,7 @@ def test_csv_has_a_header_and_every_image_with_its_status(results: Path):
     assert float(rows["a.jpg"]["lat"]) == pytest.approx(38.7223)
     assert float(rows["a.jpg"]["lon"]) == pytest.approx(-9.1393)
     assert rows["a.jpg"]["country"] == "Portugal"
-    assert rows["c.jpeg"]["status"] == "no-coordinate"
+    assert rows["c.jpeg"]["status"] == "failed"
     assert rows["c.jpeg"]["lat"] == "" and rows["c.jpeg"]["failure_reason"]
     assert rows["broken_text.jpg"]["status"] == "error"
     assert rows["broken_text.jpg"]["error_type"] == "ImageLoadError"

@@ -1,5 +1,6 @@
 """Fixtures for the command-line tests: a realistic trace (events shaped as the locate graph records
-them) whose model text contains HTML and rich markup, to check it is shown escaped."""
+them) whose model text contains HTML and rich markup, to check it is shown escaped; a console wide
+enough that no message wraps, whatever the terminal or the temporary path's length."""
 
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ from geosleuth.types import (
     Trace,
     TraceEvent,
 )
+
+# Rich wraps at the console width (COLUMNS), and messages quote tmp paths of any length: so wide
+# that nothing wraps, for every test here (rich reads COLUMNS whenever a Console is made).
+CONSOLE_COLUMNS = "4000"
+
+
+@pytest.fixture(autouse=True)
+def _console_never_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", CONSOLE_COLUMNS)
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+
 
 HOSTILE = '<script>alert("x")</script> [bold red]not markup[/] & more'
 
@@ -138,6 +150,9 @@ class FakeGeolocator:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.closed = False
+        self.preflight_error: Exception | None = None  # what acheck_ready raises (a server that is down)
+        self.preflights = 0
+        self.vlm_down_for: set[str] = set()  # file names answered without the VLM (degraded)
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[str] = []
@@ -145,6 +160,11 @@ class FakeGeolocator:
     @property
     def resources(self) -> None:
         return None
+
+    async def acheck_ready(self) -> None:
+        self.preflights += 1
+        if self.preflight_error is not None:
+            raise self.preflight_error
 
     async def alocate_with_trace(self, image_path, *, top_k=None, constraint=None):
         import asyncio
@@ -168,6 +188,8 @@ class FakeGeolocator:
             alternatives = base.alternatives[: top_k or len(base.alternatives)]
             prediction = base.model_copy(update={"image": ref, "lat": LISBON[0], "lon": LISBON[1],
                                                  "alternatives": alternatives})
+            if Path(str(image_path)).name in self.vlm_down_for:
+                prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": ["vlm"]})
         trace.image, trace.prediction = ref, prediction
         return prediction, trace
 
@@ -188,10 +210,10 @@ class FakeGeolocator:
 @pytest.fixture
 def fake_geo(monkeypatch: pytest.MonkeyPatch) -> FakeGeolocator:
     """The commands get this double instead of a real Geolocator."""
-    from geosleuth.cli import agent_cmd
+    from geosleuth.cli import common
 
     fake = FakeGeolocator()
-    monkeypatch.setattr(agent_cmd, "_open_geolocator", lambda ctx: fake)
+    monkeypatch.setattr(common, "open_geolocator", lambda ctx: fake)
     return fake
 
 

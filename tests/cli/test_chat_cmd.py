@@ -17,13 +17,12 @@ from typer.testing import CliRunner
 from geosleuth.cli import app
 
 runner = CliRunner()
-WIDE = {"COLUMNS": "200"}
 
 
 def test_chat_answers_questions_applies_hints_and_can_be_resumed(tiny_config: Path, folder: Path):
     dialogue = "why not Spain?\nit is in South America\n/hints\n/quit\nthis line is never read\n"
     result = runner.invoke(app, ["--config", str(tiny_config), "chat", str(folder / "porto.jpg")],
-                           input=dialogue, env=WIDE)
+                           input=dialogue)
     assert result.exit_code == 0, result.output
     out = result.stdout
     session_id = re.search(r"session (\w+)\s+\(resume later: geosleuth chat --resume \1\)", out).group(1)
@@ -40,7 +39,7 @@ def test_chat_answers_questions_applies_hints_and_can_be_resumed(tiny_config: Pa
     assert f"session {session_id} saved; resume with geosleuth chat --resume {session_id}" in out
 
     resumed = runner.invoke(app, ["--config", str(tiny_config), "chat", "--resume", session_id],
-                            input="/where\n", env=WIDE)
+                            input="/where\n")
     assert resumed.exit_code == 0, resumed.output
     assert re.search(rf"resumed session {session_id} \(\d+ earlier turns\)", resumed.stdout)
     assert "hints: in South America" in resumed.stdout  # the session's hints came back with it
@@ -48,7 +47,7 @@ def test_chat_answers_questions_applies_hints_and_can_be_resumed(tiny_config: Pa
 
 
 def test_end_of_input_ends_the_chat_cleanly(tiny_config: Path, folder: Path):
-    result = runner.invoke(app, ["--config", str(tiny_config), "chat", str(folder / "b.png")], input="", env=WIDE)
+    result = runner.invoke(app, ["--config", str(tiny_config), "chat", str(folder / "b.png")], input="")
     assert result.exit_code == 0, result.output
     assert "saved; resume with geosleuth chat --resume" in result.stdout
 
@@ -60,7 +59,7 @@ def test_chat_needs_an_image_or_a_session(tiny_config: Path):
 
 
 def test_resuming_an_unknown_session_says_so(tiny_config: Path):
-    result = runner.invoke(app, ["--config", str(tiny_config), "chat", "--resume", "no-such-session"], env=WIDE)
+    result = runner.invoke(app, ["--config", str(tiny_config), "chat", "--resume", "no-such-session"])
     assert result.exit_code == 2
     assert "no chat session 'no-such-session'" in result.output
 

@@ -141,3 +141,19 @@ def test_parts_of_a_trace_that_do_not_validate_are_reported_not_dropped(trace_fi
     page = next(pages.glob("*.html")).read_text(encoding="utf-8")
     assert "Parts of this trace could not be read and are not shown (1)" in page
     assert "reason.hypotheses[1]" in page and "latitude 123.0 is outside [-90, 90]" in page
+
+
+def test_a_degraded_answer_says_so_in_the_terminal_and_html_views(trace_file: Path, tmp_path: Path):
+    from geosleuth.types import Prediction, Trace
+
+    trace = Trace.model_validate_json(trace_file.read_text())
+    assert trace.prediction is not None
+    trace.prediction = Prediction.model_validate({**trace.prediction.model_dump(), "missing_stages": ["vlm"]})
+    path = tmp_path / "degraded.json"
+    path.write_text(trace.model_dump_json())
+    shown = runner.invoke(app, ["trace", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "status degraded: answered without vlm" in shown.stdout
+    pages = tmp_path / "pages"
+    assert runner.invoke(app, ["trace", "html", str(path), "--out", str(pages)]).exit_code == 0
+    assert "Status: degraded, answered without vlm" in next(pages.glob("*.html")).read_text()
