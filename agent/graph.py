@@ -31,7 +31,7 @@ from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
 from geosleuth.agent.state import Constraint, LocateState, contains_all, initial_state
-from geosleuth.agent.verify import verify, weights_of
+from geosleuth.agent.verify import Verification, verify, weights_of
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
     CandidateSource,
@@ -228,20 +228,24 @@ async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         geocoder=res.geocoder,
         config=res.config.verify,
         constraints=constraints,
+        calibration=res.calibration,
     )
     inputs = {
-        "weights": weights_of(res.config.verify),
-        "support_radius_km": res.config.verify.support_radius_km,
+        "weights": weights_of(res.config.verify, res.calibration),
+        "cluster_radius_km": res.config.verify.refine_radius_km,
+        "calibration": res.calibration.label if res.calibration is not None else None,
         "constraints": [c.model_dump(mode="json") for c in constraints],
     }
     outputs = {
         "components": verification.components,
         "candidates": [c.model_dump(mode="json") for c in verification.ranked],
         "rejected_by_constraint": [c.model_dump(mode="json") for c in verification.rejected],
+        "evidence": verification.evidence.model_dump(mode="json") if verification.evidence else None,
     }
     return {
         "ranked": verification.ranked,
         "rejected": verification.rejected,
+        "evidence": verification.evidence,
         "events": [_event(state, "verify", started, inputs, outputs)],
     }
 
@@ -255,7 +259,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
     sources = [name for source, name in _SOURCE_NAMES.items() if any(c.source == source for c in pool)]
     top_k = state.get("top_k") or res.config.verify.top_k
     prediction = decide(
-        ranked,
+        Verification(ranked=ranked, rejected=state.get("rejected", []), evidence=state.get("evidence")),
         image=state["image_ref"],
         hypotheses=reasoning.hypotheses if reasoning is not None else [],
         geocoder=res.geocoder,
@@ -271,6 +275,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "lon": prediction.lon,
         "place": prediction.place.model_dump(mode="json") if prediction.place else None,
         "confidence": prediction.confidence,
+        "levels": prediction.levels.model_dump(mode="json") if prediction.levels else None,
         "sources_used": prediction.sources_used,
         "failure_reason": prediction.failure_reason,
     }

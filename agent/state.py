@@ -19,6 +19,7 @@ from geosleuth.geo import CONTINENT_NAMES, haversine_km, validate_coordinate
 from geosleuth.index.encoders import ImageEmbeddings
 from geosleuth.types import (
     Candidate,
+    FusionEvidence,
     ImageRef,
     Prediction,
     ReasoningResult,
@@ -128,6 +129,7 @@ class LocateState(TypedDict, total=False):
     # verify
     ranked: list[Candidate]
     rejected: list[Candidate]
+    evidence: FusionEvidence | None
     # decide
     prediction: Prediction
     # every node

@@ -100,7 +100,7 @@ def test_fresh_install_without_image_gallery(make_resources: Any, photo: Path, d
     outcome = run(LocatePipeline(make_resources(backend=doubles.ScriptedVLM(lisbon_answers(doubles)))), photo)
     assert outcome.prediction.sources_used == ["gps-gallery", "vlm"]
     verify_event = next(e for e in outcome.trace.events if e.step == "verify")
-    assert verify_event.outputs["components"]["neighbor_support"].startswith("not applicable")
+    assert verify_event.outputs["components"]["gallery"].startswith("not applicable")
 
 
 def test_no_candidate_at_all_gives_no_coordinate_and_says_why(make_resources: Any, photo: Path, doubles: Any) -> None:
