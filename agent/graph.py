@@ -192,6 +192,7 @@ def _still_fits(prior: ReasoningResult, constraints: Sequence[Constraint], res: 
 def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
     return {
         "hypotheses": [h.model_dump(mode="json") for h in reasoning.hypotheses],
+        "abstentions": [a.model_dump(mode="json") for a in reasoning.abstentions],
         "failures": [f.model_dump(mode="json") for f in reasoning.failures],
         "raw_replies": list(reasoning.raw_replies),
         "prompts": [p.model_dump(mode="json", exclude={"rendered"}) for p in reasoning.prompts],
