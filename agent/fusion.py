@@ -26,8 +26,9 @@ Decision: candidates are clustered greedily on the sphere (best score first; a c
 unassigned candidates within the cluster radius of its lead). A cluster's mass is the pooled density
 integrated over its disc, with each source's items assigned to the nearest cluster lead; the rest of
 the allowed area is one more cell, "elsewhere". Masses are normalised over clusters + elsewhere into
-the model's posterior, and the answer is the heaviest cluster's centre (its members' mean position
-on the sphere, weighted by their scores). Adding far-away weak candidates adds cells of about the
+the model's posterior, and the answer is the heaviest cluster's refined centre: the member where the
+pooled evidence is densest within 2 km (a mode, so an exact answer is not averaged away), or the
+tied members' mean position when none stands out. Adding far-away weak candidates adds cells of about the
 elsewhere density, so it changes neither the answer nor its posterior.
 
 Raw per-level probabilities of a cluster (then calibrated, :mod:`geosleuth.agent.confidence`):
@@ -49,7 +50,10 @@ from geosleuth.types import Candidate, ClusterEvidence, FusionEvidence, Place, S
 
 EARTH_RADIUS_KM = 6371.0088
 EARTH_AREA_KM2 = 4.0 * np.pi * EARTH_RADIUS_KM**2
-MIN_RADIUS_KM = 1.0  # a cluster radius of 0 (every coordinate its own place) still credits a 1 km disc
+MIN_RADIUS_KM = 1.0
+# The answer is the point of its cluster where the evidence is densest at this finer scale: an exact
+# landmark answer stays exact instead of being averaged with everything within the cluster radius.
+REFINE_BANDWIDTH_KM = 2.0  # a cluster radius of 0 (every coordinate its own place) still credits a 1 km disc
 WITHIN_200_KM = 200.0
 _LOG10_TINY = -300.0
 
@@ -151,16 +155,25 @@ def fuse(
     c_lon = np.array([c.lon for c in candidates])
     keys = [candidate_key(c) for c in candidates]
     totals = np.zeros(len(candidates))
+    with_self = np.zeros(len(candidates))  # the same, own item included: how much evidence sits at the point
+    fine = np.zeros(len(candidates))  # with_self at REFINE_BANDWIDTH_KM: where in its cluster the evidence peaks
+    fine_radius = min(radius, REFINE_BANDWIDTH_KM)
+    fine_area = cap_area_km2(fine_radius)
     for source in active:
         src = by_source[source]
         i_lat = np.array([i.lat for i in src])
         i_lon = np.array([i.lon for i in src])
         w = np.array([i.weight for i in src])
-        near = _distances(c_lat, c_lon, i_lat, i_lon) <= radius
+        distance = _distances(c_lat, c_lon, i_lat, i_lon)
+        near = distance <= radius
         own = np.array([[i.ref == key for i in src] for key in keys], dtype=bool)
         mass = ((near & ~own) * w[None, :]).sum(axis=1)
         log_density = _log10((1.0 - miss[source]) * mass / area + miss[source] / EARTH_AREA_KM2)
         totals += weights[source] * log_density
+        full = (near * w[None, :]).sum(axis=1)
+        with_self += weights[source] * _log10((1.0 - miss[source]) * full / area + miss[source] / EARTH_AREA_KM2)
+        close = ((distance <= fine_radius) * w[None, :]).sum(axis=1)
+        fine += weights[source] * _log10((1.0 - miss[source]) * close / fine_area + miss[source] / EARTH_AREA_KM2)
         for candidate, value in zip(candidates, log_density, strict=True):
             candidate.scores[source] = round(float(value), 6)
     for candidate, total in zip(candidates, totals, strict=True):
@@ -201,9 +214,9 @@ def fuse(
     total = unnormalised.sum() + 10.0 ** (elsewhere - shift)
     posterior = unnormalised / total
 
-    centres = [_centre(candidates, group) for group in members]
+    centres = [_centre(candidates, group, fine, with_self) for group in members]
     centre_places = center_places(centres) if center_places is not None else [None] * len(centres)
-    raw = _raw_levels(posterior, centres, centre_places)
+    raw = raw_levels(posterior, centres, centre_places)
     clusters = []
     for k, group in enumerate(members):
         sources = [
@@ -232,14 +245,19 @@ def fuse(
     return FusionResult(ranked, evidence, weights=weights)
 
 
-def _centre(candidates: Sequence[Candidate], group: list[int]) -> tuple[float, float]:
-    """Members' mean position on the sphere, weighted by their pooled density (the lead alone when
-    the others are negligible); a lone candidate's own coordinate exactly."""
-    if len(group) == 1:
-        return candidates[group[0]].lat, candidates[group[0]].lon
-    scores = np.array([candidates[i].score for i in group])
-    w = 10.0 ** (scores - scores.max())
-    return spherical_mean([candidates[i].lat for i in group], [candidates[i].lon for i in group], w.tolist())
+def _centre(
+    candidates: Sequence[Candidate], group: list[int], fine: np.ndarray, coarse: np.ndarray
+) -> tuple[float, float]:
+    """The refined answer of a cluster: the member where the pooled evidence (own item included) is
+    densest within REFINE_BANDWIDTH_KM; ties go to the denser within the cluster radius, then to
+    the members' mean position on the sphere when several stay tied (no member stands out)."""
+    best = max(fine[i] for i in group)
+    tied = [i for i in group if fine[i] >= best - 1e-9]
+    top = max(coarse[i] for i in tied)
+    tied = [i for i in tied if coarse[i] >= top - 1e-9]
+    if len(tied) == 1:
+        return candidates[tied[0]].lat, candidates[tied[0]].lon
+    return spherical_mean([candidates[i].lat for i in tied], [candidates[i].lon for i in tied], [1.0] * len(tied))
 
 
 def spherical_mean(lats: Sequence[float], lons: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
@@ -260,7 +278,28 @@ def spherical_mean(lats: Sequence[float], lons: Sequence[float], weights: Sequen
     return out_lat, ((out_lon + 180.0) % 360.0) - 180.0
 
 
-def _raw_levels(
+def rescore(
+    evidence: FusionEvidence, weights: dict[str, float], miss: dict[str, float]
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """The clusters' log10 masses, the elsewhere log10 mass and the posterior (clusters, then
+    elsewhere) of a recorded fusion under other source weights and miss rates: what calibration
+    fits. The clustering and each source's mass per cluster stay as recorded."""
+    clusters = evidence.clusters
+    active = sorted({s.source for c in clusters for s in c.sources})
+    log_mass = np.array([np.log10(c.area_km2) for c in clusters], dtype=np.float64)
+    for k, cluster in enumerate(clusters):
+        for item in cluster.sources:
+            density = (1.0 - miss[item.source]) * item.mass / cluster.area_km2 + miss[item.source] / EARTH_AREA_KM2
+            log_mass[k] += weights[item.source] * float(_log10(np.array(density)))
+    rest = max(evidence.allowed_area_km2 - sum(c.area_km2 for c in clusters), min((c.area_km2 for c in clusters),
+                                                                                   default=1.0))
+    elsewhere = float(np.log10(rest) + sum(weights[s] * np.log10(miss[s] / EARTH_AREA_KM2) for s in active))
+    every = np.append(log_mass, elsewhere)
+    posterior = 10.0 ** (every - every.max())
+    return log_mass, elsewhere, posterior / posterior.sum()
+
+
+def raw_levels(
     posterior: np.ndarray, centres: Sequence[tuple[float, float]], places: Sequence[Place | None]
 ) -> dict[str, np.ndarray]:
     """Each cluster's raw model probability per level (module docstring)."""
@@ -307,6 +346,6 @@ def source_of_hypothesis(shown_coordinates: int) -> str:
 
 __all__ = [
     "EARTH_AREA_KM2", "GALLERY", "GEOCLIP", "VLM_INFORMED", "VLM_ZERO_SHOT", "EvidenceItem", "FusionResult",
-    "allowed_area_km2", "candidate_key", "cap_area_km2", "fibonacci_lattice", "fuse", "source_of_hypothesis",
-    "spherical_mean",
+    "allowed_area_km2", "candidate_key", "cap_area_km2", "fibonacci_lattice", "fuse", "raw_levels", "rescore",
+    "source_of_hypothesis", "spherical_mean",
 ]

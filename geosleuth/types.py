@@ -242,6 +242,15 @@ class LevelConfidence(_Record):
     within_200km: float = Field(ge=0.0, le=1.0)
     calibration: str
 
+    def columns(self) -> dict[str, float]:
+        """``p_<level>`` -> probability: the columns exports and summaries show."""
+        return {f"p_{level}": getattr(self, level) for level in LEVELS}
+
+    def summary(self) -> str:
+        """One line, e.g. 'P country 0.91 · region 0.62 · city 0.30 · ≤25 km 0.28 · ≤200 km 0.55'."""
+        return (f"P country {self.country:.2f} · region {self.region:.2f} · city {self.city:.2f} · "
+                f"≤25 km {self.within_25km:.2f} · ≤200 km {self.within_200km:.2f}")
+
 
 LEVELS = ("country", "region", "city", "within_25km", "within_200km")
 
