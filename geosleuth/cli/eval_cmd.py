@@ -242,7 +242,7 @@ def calibrate_cmd(
                "(held out, raw -> calibrated):")
     for level in ("country", "region", "city", "within_25km", "within_200km"):
         typer.echo(f"  {level:<13} {report[f'ece_raw_{level}']:.3f} -> {report[f'ece_{level}']:.3f}")
-    typer.echo(f"use it: --set verify.calibration={out}")
+    typer.echo(f"use it: geosleuth --set verify.calibration={out} locate PHOTO (or verify.calibration in the config)")
 
 
 # `eval run` and `eval presets` live in their own module.

@@ -56,6 +56,13 @@ def test_prediction_and_trace_from_all_sources(make_resources: Any, photo: Path,
     assert len(events["reason"].outputs["hypotheses"]) == 4
     assert all("scores" in c for c in events["verify"].outputs["candidates"])
     assert events["verify"].outputs["components"]["geoclip"] == "on"
+    # Per-level probabilities, each cluster's evidence per source, and which calibration made them.
+    assert prediction.levels is not None and prediction.confidence == prediction.levels.within_25km
+    assert prediction.evidence is not None and prediction.evidence.clusters[0].sources
+    assert all(a.confidence <= prediction.confidence for a in prediction.alternatives)
+    label = resources.calibration.label
+    assert events["verify"].inputs["calibration"] == label == trace.models["calibration"]
+    assert prediction.levels.calibration == label and len(label.split("@")[1]) == 12
     assert Trace.model_validate_json(trace.model_dump_json()) == trace  # JSON round trip, stable schema
 
 
