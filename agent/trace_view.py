@@ -30,6 +30,7 @@ from geosleuth.types import (
     Candidate,
     Clue,
     Coordinate,
+    FusionEvidence,
     GalleryNeighbor,
     GPSCandidate,
     Hypothesis,
@@ -336,6 +337,17 @@ def trace_tree(trace: Trace) -> Any:
     if p is not None:
         for failure in p.failures:
             decision.add(Text.assemble((f"{failure.step} failed: ", "red"), failure.error))
+        if p.levels is not None:
+            decision.add(Text(p.levels.summary(), style="dim"))
+    if p is not None and p.evidence is not None and p.evidence.clusters:
+        headers, rows = _cluster_rows(p.evidence)
+        table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        for column in headers:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        root.add(Text(f"clusters ({len(p.evidence.clusters)}), heaviest first: evidence per source", style="bold")
+                 ).add(table)
     if d.exif_gps is not None:
         line = Text.assemble(("EXIF GPS ", "bold"), _fmt_coord(d.exif_gps.lat, d.exif_gps.lon))
         if p is not None and p.ok:
@@ -566,6 +578,19 @@ _LEGEND = (
 )
 
 
+def _cluster_rows(evidence: FusionEvidence, limit: int = 10) -> tuple[list[str], list[list[str]]]:
+    """Each cluster's centre, place, model posterior, P(within 25 km) and per-source mass (items)."""
+    sources = list(dict.fromkeys(s.source for c in evidence.clusters for s in c.sources))
+    headers = ["#", "centre", "place", "posterior", "P <=25 km", *(f"{s}: mass (items)" for s in sources)]
+    rows = []
+    for rank, c in enumerate(evidence.clusters[:limit], start=1):
+        by_source = {s.source: s for s in c.sources}
+        rows.append([str(rank), _fmt_coord(c.lat, c.lon), c.place.hierarchy() if c.place else "",
+                     f"{c.posterior:.3f}", f"{c.levels.within_25km:.2f}" if c.levels else "-",
+                     *(f"{by_source[s].mass:.3f} ({by_source[s].items})" if s in by_source else "-" for s in sources)])
+    return headers, rows
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
     numeric = numeric or [False] * len(headers)
     head = "".join(f'<th{" class=n" if n else ""}>{html.escape(h)}</th>' for h, n in zip(headers, numeric, strict=True))
@@ -609,6 +634,12 @@ def trace_html(trace: Trace, *, land: Sequence[tuple[float, float, float]] = (),
         )
     else:
         parts.append(f'<p class="bad">No coordinate: {esc(p.failure_reason or "")}</p>')
+    if p is not None and p.levels is not None:
+        parts.append(f"<p>{esc(p.levels.summary())} (calibration {esc(p.levels.calibration)})</p>")
+    if p is not None and p.evidence is not None and p.evidence.clusters:
+        headers, rows = _cluster_rows(p.evidence)
+        parts.append(f"<h3>Clusters, heaviest first: evidence per source ({len(p.evidence.clusters)})</h3>")
+        parts.append(_table(headers, ([esc(cell) for cell in row] for row in rows)))
     if d.exif_gps is not None:
         distance = ""
         if p is not None and p.lat is not None and p.lon is not None:
