@@ -120,7 +120,6 @@ def fuse(
     calibration: Calibration,
     cluster_radius_km: float,
     allowed_area_km2: float = EARTH_AREA_KM2,
-    places: Sequence[Place | None] | None = None,
     center_places: Callable[[Sequence[tuple[float, float]]], Sequence[Place | None]] | None = None,
 ) -> FusionResult:
     """Score ``pool`` (candidates already inside every constraint) under the pooled model, cluster
@@ -144,8 +143,6 @@ def fuse(
     miss = {s: calibration.fusion.sources[s].miss for s in SOURCES}
     floors = {s: float(np.log10(miss[s] / EARTH_AREA_KM2)) for s in active}
     candidates = [c.model_copy(deep=True) for c in pool]
-    for candidate, place in zip(candidates, places or [None] * len(candidates), strict=True):
-        candidate.place = candidate.place or place
     if not candidates:
         return FusionResult([], FusionEvidence(cluster_radius_km=cluster_radius_km, allowed_area_km2=allowed_area_km2,
                                                floors=floors, elsewhere_log_mass=0.0, elsewhere_posterior=1.0,
@@ -154,44 +151,9 @@ def fuse(
     c_lat = np.array([c.lat for c in candidates])
     c_lon = np.array([c.lon for c in candidates])
     keys = [candidate_key(c) for c in candidates]
-    totals = np.zeros(len(candidates))
-    with_self = np.zeros(len(candidates))  # the same, own item included: how much evidence sits at the point
-    fine = np.zeros(len(candidates))  # with_self at REFINE_BANDWIDTH_KM: where in its cluster the evidence peaks
-    fine_radius = min(radius, REFINE_BANDWIDTH_KM)
-    fine_area = cap_area_km2(fine_radius)
-    for source in active:
-        src = by_source[source]
-        i_lat = np.array([i.lat for i in src])
-        i_lon = np.array([i.lon for i in src])
-        w = np.array([i.weight for i in src])
-        distance = _distances(c_lat, c_lon, i_lat, i_lon)
-        near = distance <= radius
-        own = np.array([[i.ref == key for i in src] for key in keys], dtype=bool)
-        mass = ((near & ~own) * w[None, :]).sum(axis=1)
-        log_density = _log10((1.0 - miss[source]) * mass / area + miss[source] / EARTH_AREA_KM2)
-        totals += weights[source] * log_density
-        full = (near * w[None, :]).sum(axis=1)
-        with_self += weights[source] * _log10((1.0 - miss[source]) * full / area + miss[source] / EARTH_AREA_KM2)
-        close = ((distance <= fine_radius) * w[None, :]).sum(axis=1)
-        fine += weights[source] * _log10((1.0 - miss[source]) * close / fine_area + miss[source] / EARTH_AREA_KM2)
-        for candidate, value in zip(candidates, log_density, strict=True):
-            candidate.scores[source] = round(float(value), 6)
-    for candidate, total in zip(candidates, totals, strict=True):
-        candidate.score = float(total)
-
-    order = sorted(range(len(candidates)), key=lambda i: -candidates[i].score)
-    leads: list[int] = []
-    members: list[list[int]] = []
-    unassigned = np.ones(len(candidates), dtype=bool)
-    for i in order:
-        if not unassigned[i]:
-            continue
-        near = unassigned & (np.asarray(haversine_km(c_lat[i], c_lon[i], c_lat, c_lon)) <= cluster_radius_km)
-        near[i] = True
-        group = [i] + [j for j in order if near[j] and j != i]
-        unassigned[group] = False
-        leads.append(i)
-        members.append(group)
+    fine, with_self = _score(candidates, keys, {s: by_source[s] for s in active}, weights, miss, radius)
+    members = _clusters(candidates, c_lat, c_lon, cluster_radius_km)
+    leads = [group[0] for group in members]
     lead_lat, lead_lon = c_lat[leads], c_lon[leads]
 
     log_mass = np.full(len(leads), np.log10(area))
@@ -204,7 +166,7 @@ def fuse(
         w = np.array([i.weight for i in src])
         mass = np.bincount(nearest[inside], weights=w[inside], minlength=len(leads))
         count = np.bincount(nearest[inside], minlength=len(leads))
-        log_density = _log10((1.0 - miss[source]) * mass / area + miss[source] / EARTH_AREA_KM2)
+        log_density = _log_density(mass, miss[source], area)
         log_mass += weights[source] * log_density
         per_source[source] = (mass, count, log_density)
     rest = max(allowed_area_km2 - area * len(leads), area)
@@ -243,6 +205,57 @@ def fuse(
     # Heaviest cluster first, then by score within it: ranked[0] leads the answer's cluster.
     ranked = sorted(candidates, key=lambda c: (c.cluster if c.cluster is not None else len(clusters), -c.score))
     return FusionResult(ranked, evidence, weights=weights)
+
+
+def _log_density(mass: np.ndarray, miss: float, area_km2: float) -> np.ndarray:
+    """log10 of a source's mean density over a disc holding ``mass`` of its kernel weight."""
+    return _log10((1.0 - miss) * mass / area_km2 + miss / EARTH_AREA_KM2)
+
+
+def _score(
+    candidates: list[Candidate], keys: list[str], by_source: dict[str, list[EvidenceItem]],
+    weights: dict[str, float], miss: dict[str, float], radius: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Set each candidate's per-source and pooled leave-one-out log densities; return the pooled
+    densities with its own item included, at REFINE_BANDWIDTH_KM and at the cluster radius."""
+    lat = np.array([c.lat for c in candidates])
+    lon = np.array([c.lon for c in candidates])
+    area = cap_area_km2(radius)
+    fine_radius = min(radius, REFINE_BANDWIDTH_KM)
+    fine_area = cap_area_km2(fine_radius)
+    totals, with_self, fine = np.zeros(len(candidates)), np.zeros(len(candidates)), np.zeros(len(candidates))
+    for source, src in by_source.items():
+        w = np.array([i.weight for i in src])
+        distance = _distances(lat, lon, np.array([i.lat for i in src]), np.array([i.lon for i in src]))
+        near = distance <= radius
+        own = np.array([[i.ref == key for i in src] for key in keys], dtype=bool)
+        log_density = _log_density(((near & ~own) * w[None, :]).sum(axis=1), miss[source], area)
+        totals += weights[source] * log_density
+        with_self += weights[source] * _log_density((near * w[None, :]).sum(axis=1), miss[source], area)
+        fine += weights[source] * _log_density(((distance <= fine_radius) * w[None, :]).sum(axis=1), miss[source],
+                                               fine_area)
+        for candidate, value in zip(candidates, log_density, strict=True):
+            candidate.scores[source] = round(float(value), 6)
+    for candidate, total in zip(candidates, totals, strict=True):
+        candidate.score = float(total)
+    return fine, with_self
+
+
+def _clusters(candidates: list[Candidate], lat: np.ndarray, lon: np.ndarray, radius_km: float) -> list[list[int]]:
+    """Greedy clusters, best score first: each takes the unassigned candidates within ``radius_km``
+    of its lead (its first index)."""
+    order = sorted(range(len(candidates)), key=lambda i: -candidates[i].score)
+    unassigned = np.ones(len(candidates), dtype=bool)
+    members: list[list[int]] = []
+    for i in order:
+        if not unassigned[i]:
+            continue
+        near = unassigned & (np.asarray(haversine_km(lat[i], lon[i], lat, lon)) <= radius_km)
+        near[i] = True
+        group = [i] + [j for j in order if near[j] and j != i]
+        unassigned[group] = False
+        members.append(group)
+    return members
 
 
 def _centre(
@@ -289,8 +302,8 @@ def rescore(
     log_mass = np.array([np.log10(c.area_km2) for c in clusters], dtype=np.float64)
     for k, cluster in enumerate(clusters):
         for item in cluster.sources:
-            density = (1.0 - miss[item.source]) * item.mass / cluster.area_km2 + miss[item.source] / EARTH_AREA_KM2
-            log_mass[k] += weights[item.source] * float(_log10(np.array(density)))
+            log_density = _log_density(np.array(item.mass), miss[item.source], cluster.area_km2)
+            log_mass[k] += weights[item.source] * float(log_density)
     rest = max(evidence.allowed_area_km2 - sum(c.area_km2 for c in clusters), min((c.area_km2 for c in clusters),
                                                                                    default=1.0))
     elsewhere = float(np.log10(rest) + sum(weights[s] * np.log10(miss[s] / EARTH_AREA_KM2) for s in active))

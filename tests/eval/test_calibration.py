@@ -128,3 +128,17 @@ def test_eval_calibrate_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> No
     result = runner.invoke(app, ["eval", "calibrate", str(tmp_path), "--out", str(tmp_path / "c.json")])
     assert result.exit_code != 0
     assert "manifest" in " ".join(result.output.split())
+
+
+def test_refitting_starts_from_exactly_what_the_fusion_computed(geocoder: ReverseGeocoder) -> None:
+    from geosleuth.agent.fusion import rescore
+
+    for prediction, _ in predictions(5, geocoder, seed=3):
+        evidence = prediction.evidence
+        assert evidence is not None
+        params = Calibration().fusion.sources
+        log_mass, elsewhere, posterior = rescore(evidence, {s: p.weight for s, p in params.items()},
+                                                 {s: p.miss for s, p in params.items()})
+        assert log_mass == pytest.approx([c.log_mass for c in evidence.clusters])
+        assert elsewhere == pytest.approx(evidence.elsewhere_log_mass)
+        assert posterior[:-1] == pytest.approx([c.posterior for c in evidence.clusters])
