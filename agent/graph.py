@@ -308,6 +308,10 @@ def _no_candidate_reason(state: LocateState, res: Resources) -> str:
         details.append("no VLM (vlm.backend = none)")
     else:
         details += [f.error for f in state.get("failures", []) if f.step == "reason"]
+        reasoning = state.get("reasoning")
+        if reasoning is not None and reasoning.abstentions:
+            why = reasoning.abstentions[0].reason
+            details.append(f"the VLM said it cannot tell in {len(reasoning.abstentions)} answer(s) (e.g. {why!r})")
     if constraints:
         details.append("constraints " + " and ".join(c.label for c in constraints))
     return "no source proposed a candidate location: " + "; ".join(details or ["nothing was retrieved"])
