@@ -187,13 +187,16 @@ def test_echoed_answers_do_not_count_as_agreement(geocoder: Any) -> None:
 
 
 def test_answers_outside_a_constraint_never_count_as_support(geocoder: Any) -> None:
-    # Four answers just across the border in Spain; one weak GPS candidate just inside Portugal.
+    # Four answers just across the border in Spain, 13 km from a GPS candidate inside Portugal.
     border_pt, border_es = (41.78, -8.78), (41.88, -8.85)
     hyps = [hypothesis(*c, country="Spain", index=i) for i, c in enumerate(around(border_es, 4, km=0.3))]
-    retrieval = RetrievalResult(gps_candidates=gps(border_pt, (35.7, 139.7)))
+    retrieval = RetrievalResult(gps_candidates=gps(border_pt, (38.72, -9.14), (35.7, 139.7)))
     in_portugal = (Constraint.in_country("PT", "Portugal"),)
-    with_answers = locate(retrieval, hyps, geocoder, query=(35.7, 139.7), constraints=in_portugal)
-    without = locate(retrieval, [], geocoder, query=(35.7, 139.7), constraints=in_portugal)
+    with_answers = locate(retrieval, hyps, geocoder, query=(40.0, -8.9), constraints=in_portugal)
+    without = locate(retrieval, [], geocoder, query=(40.0, -8.9), constraints=in_portugal)
     assert with_answers.place is not None and with_answers.place.country_code == "PT"
-    assert km(with_answers, border_pt) < 1
+    assert with_answers.evidence is not None and without.evidence is not None
+    assert all(s.items == 0 for c in with_answers.evidence.clusters for s in c.sources if s.source.startswith("vlm"))
+    assert [c.posterior for c in with_answers.evidence.clusters] == pytest.approx(
+        [c.posterior for c in without.evidence.clusters], abs=1e-9)
     assert with_answers.confidence == pytest.approx(without.confidence, abs=1e-9)

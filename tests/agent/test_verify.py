@@ -192,3 +192,17 @@ def test_no_candidate_gives_no_coordinate_and_a_reason(geocoder: Any) -> None:
                         no_candidate_reason="no source proposed a candidate location: no VLM")
     assert prediction.lat is None and prediction.lon is None and not prediction.ok
     assert "no VLM" in (prediction.failure_reason or "")
+
+
+def test_the_area_a_hint_leaves_is_measured_roughly_right(geocoder: Any, doubles: Any) -> None:
+    from geosleuth.agent.verify import constrained_area_km2
+
+    france = constrained_area_km2([Constraint.in_country("FR", "France")], geocoder)
+    assert 0.5 < france / 640_000 < 2  # sea points near the coast do not count as France
+    portugal = constrained_area_km2([Constraint.in_country("PT", "Portugal")], geocoder)
+    assert portugal < 10 * 92_000
+    circle = constrained_area_km2([Constraint.within(*doubles.PARIS, 50, "Paris")], geocoder)
+    assert circle == pytest.approx(np.pi * 50**2, rel=0.01)
+    both = constrained_area_km2([Constraint.in_country("FR", "France"), Constraint.within(*doubles.PARIS, 50)],
+                                geocoder)
+    assert both <= circle * 1.0001
