@@ -229,6 +229,8 @@ def main() -> int:
     print(f"images: {args.images} ({n_train} to fit the calibration, {len(test)} held out), seed {args.seed}, "
           f"stand-in encoder logit scale {args.kappa:g}; tables: GeoCLIP {GEOCLIP_TABLE}, 1-NN {NN_TABLE}, "
           f"VLM (Img2Loc GPT-4V) {VLM_TABLE} (% within {THRESHOLDS} km, IM2GPS3K)")
+    if legacy is not None:
+        print(f"today's verify/decide: agent/verify.py and agent/decide.py as of git {args.legacy_ref}, same inputs")
     print(f"\n{'method (held-out images)':<46}" + "".join(f"{f'@{t:g} km':>10}" for t in THRESHOLDS))
     table = {name: accuracy(errors) for name, errors in rows.items()}
     for name, acc in table.items():
