@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 
 from geosleuth.errors import DataFileError
 from geosleuth.fileio import atomic_writer
+from geosleuth.types import LEVELS
 
 from .batch import ResultRecord, read_results
 
@@ -27,11 +28,13 @@ ExportFormat = Literal["jsonl", "csv", "geojson", "kml"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_SUFFIXES: dict[str, str] = {"jsonl": ".jsonl", "csv": ".csv", "geojson": ".geojson", "kml": ".kml"}
 KML_NAMESPACE = "http://www.opengis.net/kml/2.2"
+# Calibrated per-level probabilities (geosleuth.types.LevelConfidence), one column each.
+LEVEL_COLUMNS = tuple(f"p_{level}" for level in LEVELS)
 
 CSV_COLUMNS = (
     "id", "path", "status", "lat", "lon", "confidence", "place", "continent", "country", "country_code",
     "admin1", "admin2", "city", "alternatives", "sources_used", "missing_stages", "failure_reason", "error",
-    "error_type", "trace_id",
+    "error_type", "trace_id", *LEVEL_COLUMNS,
 )
 
 
@@ -67,6 +70,7 @@ def _properties(record: ResultRecord) -> dict[str, Any]:
         "city": place.city if place else None,
         "alternatives": len(prediction.alternatives),
         "trace_id": prediction.trace_id,
+        **(prediction.levels.columns() if prediction.levels else {}),
     }
 
 
@@ -95,6 +99,7 @@ def _rows(records: Sequence[ResultRecord]) -> Iterator[dict[str, Any]]:
             "error": record.error,
             "error_type": record.error_type,
             "trace_id": prediction.trace_id if prediction else None,
+            **(prediction.levels.columns() if prediction and prediction.levels else dict.fromkeys(LEVEL_COLUMNS)),
         }
 
 

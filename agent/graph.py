@@ -33,7 +33,7 @@ from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
 from geosleuth.agent.state import LocateState, initial_state
-from geosleuth.agent.verify import verify, weights_of
+from geosleuth.agent.verify import Verification, verify, weights_of
 from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
@@ -195,6 +195,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
 def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
     return {
         "hypotheses": [h.model_dump(mode="json") for h in reasoning.hypotheses],
+        "abstentions": [a.model_dump(mode="json") for a in reasoning.abstentions],
         "failures": [f.model_dump(mode="json") for f in reasoning.failures],
         "raw_replies": list(reasoning.raw_replies),
         "prompts": [p.model_dump(mode="json", exclude={"rendered"}) for p in reasoning.prompts],
@@ -231,20 +232,24 @@ async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         geocoder=res.geocoder,
         config=res.config.verify,
         constraints=constraints,
+        calibration=res.calibration,
     )
     inputs = {
-        "weights": weights_of(res.config.verify),
-        "support_radius_km": res.config.verify.support_radius_km,
+        "weights": weights_of(res.config.verify, res.calibration),
+        "cluster_radius_km": res.config.verify.refine_radius_km,
+        "calibration": res.calibration.label if res.calibration is not None else None,
         "constraints": [c.model_dump(mode="json") for c in constraints],
     }
     outputs = {
         "components": verification.components,
         "candidates": [c.model_dump(mode="json") for c in verification.ranked],
         "rejected_by_constraint": [c.model_dump(mode="json") for c in verification.rejected],
+        "evidence": verification.evidence.model_dump(mode="json") if verification.evidence else None,
     }
     return {
         "ranked": verification.ranked,
         "rejected": verification.rejected,
+        "evidence": verification.evidence,
         "events": [_event(state, "verify", started, inputs, outputs)],
     }
 
@@ -258,7 +263,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
     sources = [name for source, name in _SOURCE_NAMES.items() if any(c.source == source for c in pool)]
     top_k = state.get("top_k") or res.config.verify.top_k
     prediction = decide(
-        ranked,
+        Verification(ranked=ranked, rejected=state.get("rejected", []), evidence=state.get("evidence")),
         image=state["image_ref"],
         hypotheses=reasoning.hypotheses if reasoning is not None else [],
         geocoder=res.geocoder,
@@ -277,6 +282,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "lon": prediction.lon,
         "place": prediction.place.model_dump(mode="json") if prediction.place else None,
         "confidence": prediction.confidence,
+        "levels": prediction.levels.model_dump(mode="json") if prediction.levels else None,
         "sources_used": prediction.sources_used,
         "failure_reason": prediction.failure_reason,
         "status": prediction.status.value,
@@ -342,6 +348,10 @@ def _no_candidate_reason(state: LocateState, res: Resources) -> str:
         details.append("no VLM (vlm.backend = none)")
     else:
         details += [f.error for f in state.get("failures", []) if f.step == "reason"]
+        reasoning = state.get("reasoning")
+        if reasoning is not None and reasoning.abstentions:
+            why = reasoning.abstentions[0].reason
+            details.append(f"the VLM said it cannot tell in {len(reasoning.abstentions)} answer(s) (e.g. {why!r})")
     if constraints:
         details.append("constraints " + " and ".join(c.label for c in constraints))
     return "no source proposed a candidate location: " + "; ".join(details or ["nothing was retrieved"])

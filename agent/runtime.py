@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.confidence import Calibration, load_calibration
 from geosleuth.config import Config, expand_path
 from geosleuth.geo import ReverseGeocoder
 
@@ -42,6 +43,7 @@ class Resources:
     gps_gallery: GPSGallery | None = None
     store: ImageGallery | None = None
     backend: VLMBackend | None = None
+    calibration: Calibration | None = None  # None: verify.calibration, else the shipped default
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -87,8 +89,13 @@ class Resources:
             gps_gallery=gps_gallery,
             store=store,
             backend=backend,
+            calibration=timed("calibration", lambda: load_calibration(config.verify.calibration)),
             load_seconds=timings,
         )
+
+    def __post_init__(self) -> None:
+        if self.calibration is None:
+            self.calibration = load_calibration(self.config.verify.calibration)
 
     def model_ids(self) -> dict[str, str]:
         """Role -> model/index id, as recorded in every trace."""
@@ -100,6 +107,8 @@ class Resources:
         if self.store is not None:
             ids["gallery"] = self.store.describe()
         ids["vlm"] = self.backend.model_id if self.backend is not None else "none"
+        if self.calibration is not None:
+            ids["calibration"] = self.calibration.label
         return ids
 
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ from geosleuth.constraints import Constraint
 from geosleuth.index.encoders import ImageEmbeddings
 from geosleuth.types import (
     Candidate,
+    FusionEvidence,
     ImageRef,
     Prediction,
     ReasoningResult,
@@ -50,6 +51,7 @@ class LocateState(TypedDict, total=False):
     # verify
     ranked: list[Candidate]
     rejected: list[Candidate]
+    evidence: FusionEvidence | None
     # decide
     prediction: Prediction
     # every node

@@ -96,6 +96,8 @@ class PredictedLocation:
     line: int | None = None  # where it came from in its file
     # Required stages the answer was made without (a degraded answer); empty for complete answers.
     missing_stages: tuple[str, ...] = ()
+    # Calibrated per-level probabilities (LevelConfidence field -> value) when the system gave them.
+    levels: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if (self.lat is None) != (self.lon is None):
@@ -164,9 +166,10 @@ def from_prediction(image_id: str, prediction: Prediction, line: int | None = No
     """A :class:`PredictedLocation` for a geosleuth Prediction (its failure_reason kept)."""
     if not prediction.ok:
         return PredictedLocation.failed(image_id, prediction.failure_reason or "no coordinate", line)
+    levels = prediction.levels.model_dump(exclude={"calibration"}) if prediction.levels else None
     return PredictedLocation(
         image_id, prediction.lat, prediction.lon, None, _ranked_from_prediction(prediction), line,
-        tuple(prediction.missing_stages),
+        tuple(prediction.missing_stages), levels,
     )
 
 

@@ -333,6 +333,32 @@ def _rva_markdown(m: EvalMetrics) -> str:
     return "\n".join(parts)
 
 
+RELIABILITY_FILE = "reliability.png"
+
+
+def _confidence_section(root: Path, matched: Any, files: ReportFiles) -> list[str]:
+    """ECE per level and reliability diagrams, when the predictions state per-level probabilities."""
+    from geosleuth.geo import ReverseGeocoder
+
+    from .calibration import calibration_markdown, level_outcomes, plot_reliability
+
+    preds = matched.predictions
+    if not any(p.levels for p in preds):
+        return []
+    outcome = level_outcomes([(t.lat, t.lon) for t in matched.truths],
+                             [(p.lat, p.lon) if p.ok else None for p in preds], [p.levels for p in preds],
+                             ReverseGeocoder())
+    lines = ["## Confidence calibration", "",
+             "Each stated probability (P country/region/city right, P within 25/200 km) against how often it "
+             "came true; ECE = expected calibration error over 10 equal-width bins (0 = perfectly calibrated). "
+             "Refit with `geosleuth eval calibrate` on a run of your own data.", "", calibration_markdown(outcome), ""]
+    if files.plots_skipped is None:
+        plot_reliability(root / RELIABILITY_FILE, outcome)
+        files.plots.append(root / RELIABILITY_FILE)
+        lines += [f"![reliability diagrams]({RELIABILITY_FILE})", ""]
+    return lines
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     metrics: EvalMetrics | Mapping[str, Any],
@@ -416,6 +442,7 @@ def write_report(
     rva = _rva_markdown(m)
     if rva:
         parts += [rva, ""]
+    parts += _confidence_section(root, matched, files)
     parts += ["## Plots", ""]
     if files.plots:
         parts += [f"![error CDF]({ERROR_CDF_FILE})", "", f"![world map]({WORLD_MAP_FILE})", ""]

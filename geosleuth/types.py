@@ -120,6 +120,10 @@ class Hypothesis(_Record):
     model: str
     variant: str  # which prompt variant (e.g. "neighbors-10")
     sample_index: int = 0
+    shown_coordinates: int = 0  # retrieved coordinates its prompt showed (0 = a zero-shot answer)
+    # Set when the coordinate repeats one shown in its own prompt (e.g. "neighbor 2 (38.7223, -9.1393)"):
+    # an echo is kept as a candidate location but never counts as independent evidence.
+    echo_of: str | None = None
 
     @model_validator(mode="after")
     def _validate(self) -> Hypothesis:
@@ -142,6 +146,19 @@ class ReasoningFailure(_Record):
     kind: Literal["invalid", "cut_off", "request"] = "invalid"
 
 
+class Abstention(_Record):
+    """A VLM reply that validly said it cannot tell where the photo is (a null coordinate and why).
+    Recorded as what it is: never turned into a point, never counted as a failure."""
+
+    variant: str
+    template_id: str
+    template_hash: str
+    model: str
+    reason: str
+    raw_text: str
+    sample_index: int = 0
+
+
 class PromptRecord(_Record):
     """Which template (and version hash) produced a prompt, for which variant and model."""
 
@@ -156,6 +173,7 @@ class ReasoningResult(_Record):
     """Everything the reason stage produced: usable hypotheses, failures (raw text kept), prompts."""
 
     hypotheses: list[Hypothesis] = Field(default_factory=list)
+    abstentions: list[Abstention] = Field(default_factory=list)
     failures: list[ReasoningFailure] = Field(default_factory=list)
     prompts: list[PromptRecord] = Field(default_factory=list)
     raw_replies: list[str] = Field(default_factory=list)
@@ -173,15 +191,88 @@ class Candidate(_Record):
     lon: float
     source: CandidateSource
     source_ref: str | None = None  # neighbour id, hypothesis variant/sample, ...
-    scores: dict[str, float] = Field(default_factory=dict)  # component name -> score in [0, 1]
-    score: float = 0.0  # weighted combination
-    confidence: float = 0.0  # normalised over the ranked pool
+    # Evidence source -> log10 of that source's density at this location (per km^2), the candidate's
+    # own contribution left out (no candidate supports itself). See agent/fusion.py.
+    scores: dict[str, float] = Field(default_factory=dict)
+    score: float = 0.0  # the fused log10 density at this location (same model for every candidate)
+    confidence: float = 0.0  # calibrated P(truth within 25 km of its cluster's centre); set by decide
     place: Place | None = None
+    cluster: int | None = None  # index into FusionEvidence.clusters (None: rejected by a constraint)
 
     @model_validator(mode="after")
     def _validate(self) -> Candidate:
         self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
         return self
+
+
+class LevelConfidence(_Record):
+    """Calibrated probabilities that an answer is right at each level (each in [0, 1]).
+
+    country / region / city: the answer's reverse-geocoded country (region, city) is the true one,
+    by the rules of ``eval/metrics.py``; within_25km / within_200km: the great-circle error is at most
+    that distance. ``calibration`` names the calibration that produced them (``id@sha256[:12]``).
+    """
+
+    country: float = Field(ge=0.0, le=1.0)
+    region: float = Field(ge=0.0, le=1.0)
+    city: float = Field(ge=0.0, le=1.0)
+    within_25km: float = Field(ge=0.0, le=1.0)
+    within_200km: float = Field(ge=0.0, le=1.0)
+    calibration: str
+
+    def columns(self) -> dict[str, float]:
+        """``p_<level>`` -> probability: the columns exports and summaries show."""
+        return {f"p_{level}": getattr(self, level) for level in LEVELS}
+
+    def summary(self) -> str:
+        """One line, e.g. 'P country 0.91 · region 0.62 · city 0.30 · ≤25 km 0.28 · ≤200 km 0.55'."""
+        return (f"P country {self.country:.2f} · region {self.region:.2f} · city {self.city:.2f} · "
+                f"≤25 km {self.within_25km:.2f} · ≤200 km {self.within_200km:.2f}")
+
+
+LEVELS = ("country", "region", "city", "within_25km", "within_200km")
+
+
+class SourceEvidence(_Record):
+    """What one evidence source says about one cluster's region."""
+
+    source: str  # gallery | geoclip | vlm-zero-shot | vlm-informed
+    items: int  # this source's evidence items inside the region
+    mass: float = Field(ge=0.0, le=1.0)  # share of the source's evidence mass inside the region
+    log_density: float  # log10 of the source's mean density over the region (per km^2)
+    weight: float  # the source's weight in the log-linear pool
+
+
+class ClusterEvidence(_Record):
+    """One place the fusion considered: a cluster of candidates, its evidence per source, its mass."""
+
+    lat: float  # refined centre
+    lon: float
+    area_km2: float  # the region credited to it (a disc of the cluster radius)
+    members: list[str] = Field(default_factory=list)  # "<source>:<source_ref>" of its candidates
+    sources: list[SourceEvidence] = Field(default_factory=list)
+    log_mass: float  # log10 of the fused (unnormalised) probability mass of the region
+    posterior: float = Field(ge=0.0, le=1.0)  # model share of the mass (uncalibrated)
+    place: Place | None = None
+    levels: LevelConfidence | None = None
+
+    @model_validator(mode="after")
+    def _validate(self) -> ClusterEvidence:
+        self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
+        return self
+
+
+class FusionEvidence(_Record):
+    """Everything the fusion weighed for one image, enough to refit its parameters later
+    (``geosleuth eval calibrate`` reads it from an eval run's predictions.jsonl)."""
+
+    cluster_radius_km: float
+    allowed_area_km2: float  # the Earth, or the part of it inside the user's constraints
+    floors: dict[str, float] = Field(default_factory=dict)  # source -> log10 density of its uniform part
+    clusters: list[ClusterEvidence] = Field(default_factory=list)  # heaviest first
+    elsewhere_log_mass: float  # log10 mass of the allowed area outside every cluster
+    elsewhere_posterior: float = Field(ge=0.0, le=1.0)
+    calibration: str  # id@hash of the calibration file used
 
 
 class StepFailure(_Record):
@@ -214,7 +305,9 @@ class Prediction(_Record):
     lat: float | None = None
     lon: float | None = None
     place: Place | None = None
+    # = levels.within_25km when levels are known: the calibrated P(error <= 25 km).
     confidence: float | None = None
+    levels: LevelConfidence | None = None
     alternatives: list[Candidate] = Field(default_factory=list)
     clues: list[Clue] = Field(default_factory=list)
     sources_used: list[str] = Field(default_factory=list)
@@ -238,6 +331,7 @@ class Prediction(_Record):
         if data.get("lat") is not None and vlm_failed and STAGE_VLM not in (data.get("sources_used") or []):
             return {**data, "status": PredictionStatus.DEGRADED.value, "missing_stages": [STAGE_VLM]}
         return data
+    evidence: FusionEvidence | None = None
 
     @model_validator(mode="after")
     def _validate(self) -> Prediction:

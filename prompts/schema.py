@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_NAME = "geo_answer"
 # Length bounds: enough for real answers, and they stop a weak model (or a random test model)
@@ -55,9 +55,18 @@ class GeoAnswer(BaseModel):
     country: str = Field(max_length=MAX_NAME_CHARS)
     region: str | None = Field(max_length=MAX_NAME_CHARS, description="state / province / region, null when unknown")
     city: str | None = Field(max_length=MAX_NAME_CHARS, description="city or nearest town, null when unknown")
-    latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
-    longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    latitude: float | None = Field(ge=-90.0, le=90.0, allow_inf_nan=False, description="null when you cannot tell")
+    longitude: float | None = Field(ge=-180.0, le=180.0, allow_inf_nan=False, description="null when you cannot tell")
     confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="0 = a guess, 1 = certain")
+    cannot_tell_because: str | None = Field(
+        None, max_length=MAX_CLUE_CHARS,
+        description="why the place cannot be told (only with a null coordinate), else null",
+    )
+
+    @property
+    def abstains(self) -> bool:
+        """The model said it cannot tell: a null coordinate (recorded as an abstention, never a point)."""
+        return self.latitude is None
 
     @field_validator("continent", "country", "region", "city", mode="before")
     @classmethod
@@ -68,6 +77,19 @@ class GeoAnswer(BaseModel):
     @classmethod
     def _first_clues(cls, value: object) -> object:
         return value[:MAX_CLUES] if isinstance(value, list) else value
+
+    @field_validator("cannot_tell_because", mode="before")
+    @classmethod
+    def _clip_reason(cls, value: object) -> object:
+        return _clip_text(value, MAX_CLUE_CHARS)
+
+    @model_validator(mode="after")
+    def _coordinate_or_reason(self) -> GeoAnswer:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither (null both when you cannot tell)")
+        if self.latitude is None and not (self.cannot_tell_because or "").strip():
+            raise ValueError("a null coordinate needs cannot_tell_because: say why the place cannot be told")
+        return self
 
 
 class AnswerParseError(ValueError):

@@ -72,17 +72,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "decide-winner-cluster", "agent/decide.py",
-        "winner = clusters[0]",
-        "winner = clusters[-1]",
+        "winner = evidence.clusters[by_mass[0]]",
+        "winner = evidence.clusters[by_mass[-1]]",
         ("tests/agent", "tests/eval/test_presets.py"),
-        "the answer refined inside the last cluster instead of the best one",
+        "the answer taken from the lightest cluster instead of the heaviest",
     ),
     Mutation(
         "decide-answer-candidate", "agent/decide.py",
-        "lat, lon = ranked[0].lat, ranked[0].lon",
-        "lat, lon = ranked[-1].lat, ranked[-1].lon",
+        "        lat=winner.lat,\n        lon=winner.lon,",
+        "        lat=alternatives[-1].lat,\n        lon=alternatives[-1].lon,",
         ("tests/agent", "tests/eval/test_presets.py"),
-        "the answer taken from the worst ranked candidate",
+        "the answer taken from the last alternative's lead instead of the winning cluster's centre",
     ),
     Mutation(
         "batch-resume-located", "agent/batch/results.py",

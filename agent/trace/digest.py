@@ -19,6 +19,7 @@ from geosleuth.types import (
     Candidate,
     Clue,
     Coordinate,
+    FusionEvidence,
     GalleryNeighbor,
     GPSCandidate,
     Hypothesis,
@@ -154,3 +155,16 @@ def score_names(candidates: Sequence[Candidate]) -> list[str]:
 def hypothesis_place(h: Hypothesis) -> str:
     parts = [p for p in (h.continent, h.country, h.region, h.city) if p]
     return " > ".join(parts) if parts else "no place named"
+
+
+def cluster_rows(evidence: FusionEvidence, limit: int = 10) -> tuple[list[str], list[list[str]]]:
+    """Each cluster's centre, place, model posterior, P(within 25 km) and per-source mass (items)."""
+    sources = list(dict.fromkeys(s.source for c in evidence.clusters for s in c.sources))
+    headers = ["#", "centre", "place", "posterior", "P <=25 km", *(f"{s}: mass (items)" for s in sources)]
+    rows = []
+    for rank, c in enumerate(evidence.clusters[:limit], start=1):
+        by_source = {s.source: s for s in c.sources}
+        rows.append([str(rank), fmt_coord(c.lat, c.lon), c.place.hierarchy() if c.place else "",
+                     f"{c.posterior:.3f}", f"{c.levels.within_25km:.2f}" if c.levels else "-",
+                     *(f"{by_source[s].mass:.3f} ({by_source[s].items})" if s in by_source else "-" for s in sources)])
+    return headers, rows

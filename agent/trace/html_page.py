@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from geosleuth.agent.trace.digest import digest, fmt_coord, hypothesis_place, osm_link, score_names
+from geosleuth.agent.trace.digest import cluster_rows, digest, fmt_coord, hypothesis_place, osm_link, score_names
 from geosleuth.agent.trace.svg_map import MAP_STYLE, map_points, map_svg, zoom_bounds
 from geosleuth.geo import geodesic_km
 from geosleuth.types import Trace
@@ -89,6 +89,12 @@ def trace_html(trace: Trace, *, land: Sequence[tuple[float, float, float]] = (),
             parts.append(f'<p class="bad">Status: degraded, answered without {esc(", ".join(p.missing_stages))}</p>')
     else:
         parts.append(f'<p class="bad">No coordinate: {esc(p.failure_reason or "")}</p>')
+    if p is not None and p.levels is not None:
+        parts.append(f"<p>{esc(p.levels.summary())} (calibration {esc(p.levels.calibration)})</p>")
+    if p is not None and p.evidence is not None and p.evidence.clusters:
+        headers, rows = cluster_rows(p.evidence)
+        parts.append(f"<h3>Clusters, heaviest first: evidence per source ({len(p.evidence.clusters)})</h3>")
+        parts.append(_table(headers, ([esc(cell) for cell in row] for row in rows)))
     if d.exif_gps is not None:
         distance = ""
         if p is not None and p.lat is not None and p.lon is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from geosleuth.agent.trace.digest import digest, fmt_coord, hypothesis_place, osm_link, score_names
+from geosleuth.agent.trace.digest import cluster_rows, digest, fmt_coord, hypothesis_place, osm_link, score_names
 from geosleuth.geo import geodesic_km
 from geosleuth.types import Trace
 
@@ -110,6 +110,17 @@ def trace_tree(trace: Trace) -> Any:
     if p is not None:
         for failure in p.failures:
             decision.add(Text.assemble((f"{failure.step} failed: ", "red"), failure.error))
+        if p.levels is not None:
+            decision.add(Text(p.levels.summary(), style="dim"))
+    if p is not None and p.evidence is not None and p.evidence.clusters:
+        headers, rows = cluster_rows(p.evidence)
+        table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        for column in headers:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        root.add(Text(f"clusters ({len(p.evidence.clusters)}), heaviest first: evidence per source", style="bold")
+                 ).add(table)
     if d.exif_gps is not None:
         line = Text.assemble(("EXIF GPS ", "bold"), fmt_coord(d.exif_gps.lat, d.exif_gps.lon))
         if p is not None and p.ok:

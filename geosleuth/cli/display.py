@@ -72,8 +72,10 @@ def print_prediction(
         parts.append(Text(place, style="bold"))
         line = Text.assemble((_coord(prediction.lat, prediction.lon), "cyan"))
         if prediction.confidence is not None:
-            line.append(f"   confidence {prediction.confidence:.2f}")
+            line.append(f"   confidence {prediction.confidence:.2f} (P within 25 km)")
         parts.append(line)
+        if prediction.levels is not None:
+            parts.append(Text(prediction.levels.summary(), style="dim"))
         url = osm_link(prediction.lat, prediction.lon)
         parts.append(Text.assemble(("map ", "dim"), (url, f"link {url}")))
         if prediction.degraded:

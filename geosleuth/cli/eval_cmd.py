@@ -209,6 +209,49 @@ def compare(
             console.print(compare_table(runs, dataset_name))
 
 
+class CalibrationMethod(str, Enum):
+    isotonic = "isotonic"
+    platt = "platt"
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run_dir: Path = typer.Argument(..., help="a folder written by `geosleuth eval run` (manifest + predictions)"),
+    out: Path = typer.Option(..., "--out", "-o", help="calibration JSON to write; point verify.calibration at it"),
+    method: CalibrationMethod = typer.Option(CalibrationMethod.isotonic, "--method", help="per-level monotone map"),
+    calibration_id: str | None = typer.Option(None, "--id", help="name recorded in traces (default: the run's)"),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.05, max=0.5, help="share of images held out for the ECE"),
+    seed: int = typer.Option(0, "--seed", help="which images are held out"),
+) -> None:
+    """Fit the fusion's source weights and per-level confidence maps on an eval run's images.
+
+    Writes a versioned calibration file; its ``fit_report`` has the expected calibration error (ECE)
+    per level on held-out images, before (``ece_raw_*``) and after (``ece_*``) calibration.
+    """
+    from geosleuth.agent.confidence import calibration_json, load_calibration
+    from geosleuth.eval.calibration import calibrate, read_run
+    from geosleuth.geo import ReverseGeocoder
+
+    notes: list[str] = []
+    examples, left_out = _guarded(lambda: read_run(run_dir), notes)
+    console = err_console()
+    for note in left_out:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    fitted = _guarded(lambda: calibrate(
+        examples, ReverseGeocoder(), method=method.value, start=load_calibration(None),
+        calibration_id=calibration_id or f"eval-{run_dir.resolve().name}",
+        source=f"geosleuth eval calibrate {run_dir} ({len(examples)} images)", holdout=holdout, seed=seed,
+    ), notes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(calibration_json(fitted), encoding="utf-8")
+    report = fitted.fit_report
+    typer.echo(f"wrote {out}: {report['images']} images, {report['held_out']} held out; ECE per level "
+               "(held out, raw -> calibrated):")
+    for level in ("country", "region", "city", "within_25km", "within_200km"):
+        typer.echo(f"  {level:<13} {report[f'ece_raw_{level}']:.3f} -> {report[f'ece_{level}']:.3f}")
+    typer.echo(f"use it: geosleuth --set verify.calibration={out} locate PHOTO (or verify.calibration in the config)")
+
+
 # `eval run` and `eval presets` live in their own module.
 from geosleuth.cli import eval_run_cmd  # noqa: E402
 

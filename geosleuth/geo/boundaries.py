@@ -24,6 +24,7 @@ Two more quirks, fixed explicitly:
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -82,6 +83,10 @@ def natural_earth_path() -> Path:
 class CountryBoundaries:
     """Country polygons with an STRtree over their parts. Build with :meth:`load`; immutable after.
 
+    Thread-safe: GEOS prepared geometries build caches on first use and corrupt the heap when two
+    threads query them at once (seen: "malloc(): unaligned tcache chunk" with concurrent locates), so
+    every GEOS query holds one lock.
+
     ``geometries[i]`` is country ``countries[i]``'s (multi)polygon in lon/lat degrees.
     """
 
@@ -94,6 +99,7 @@ class CountryBoundaries:
         self._parts, self._part_country = shapely.get_parts(geometries, return_index=True)
         shapely.prepare(self._parts)
         self._tree = shapely.STRtree(self._parts)
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> CountryBoundaries:
@@ -143,8 +149,9 @@ class CountryBoundaries:
         out = np.full(lat.shape, -1, dtype=np.int64)
         if not lat.size:
             return out
-        point_idx, part_idx = self._tree.query(shapely.points(lon, lat))
-        inside = shapely.contains_xy(self._parts[part_idx], lon[point_idx], lat[point_idx])
+        with self._lock:
+            point_idx, part_idx = self._tree.query(shapely.points(lon, lat))
+            inside = shapely.contains_xy(self._parts[part_idx], lon[point_idx], lat[point_idx])
         hit_point, hit_part = point_idx[inside][::-1], part_idx[inside][::-1]
         out[hit_point] = self._part_country[hit_part]  # reversed: the first polygon listed wins
         return out
@@ -185,13 +192,15 @@ class CountryBoundaries:
         lon = np.asarray(lon, dtype=np.float64).reshape(-1)
         if not lat.size:
             return np.zeros(0), np.zeros(0, dtype=np.int64)
-        tree, vertex_part = self._coast
+        with self._lock:
+            tree, vertex_part = self._coast
         chord, vertex = tree.query(unit_vectors(lat, lon))  # type: ignore[attr-defined]
         km = chord_to_km(chord)
         part = vertex_part[vertex]
         near = np.flatnonzero(km < _REFINE_KM)
         if near.size:
-            line = shapely.shortest_line(shapely.points(lon[near], lat[near]), self._parts[part[near]])
+            with self._lock:
+                line = shapely.shortest_line(shapely.points(lon[near], lat[near]), self._parts[part[near]])
             end = shapely.get_coordinates(shapely.get_point(line, 1))
             exact = haversine_km(lat[near], lon[near], end[:, 1], end[:, 0])
             # A degree-space line can go the long way round at the antimeridian: keep the shorter.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,11 @@ def test_locate_end_to_end_with_tiny_models(tiny_config: Path, folder: Path):
     assert prediction.ok and prediction.alternatives and prediction.place is not None
     assert prediction.image.exif.gps.lat == pytest.approx(41.1496, abs=1e-4)
     assert "gps-gallery" in prediction.sources_used
+    # Calibrated per-level probabilities in the JSON and in the readable summary.
+    assert prediction.levels is not None and prediction.confidence == prediction.levels.within_25km
+    summary = runner.invoke(app, ["--config", str(tiny_config), "locate", "--allow-degraded", str(folder / "porto.jpg")])
+    assert summary.exit_code == 0, summary.output
+    flat = " ".join(summary.stdout.split())
+    # (a second run: the random VLM may answer differently, so the numbers are checked for form)
+    assert re.search(r"confidence [01]\.\d\d \(P within 25 km\)", flat), flat
+    assert re.search(r"P country [01]\.\d\d · region [01]\.\d\d · city [01]\.\d\d", flat), flat

@@ -27,6 +27,10 @@ def test_show_renders_the_tree_with_hypotheses_candidates_and_scores(trace_file:
     assert "unusable VLM replies (1)" in out and "reply is not JSON" in out
     assert "EXIF GPS" in out and "km from the prediction" in out
     assert "[bold red]not markup[/]" in out  # model text is printed as text, not as rich markup
+    flat = " ".join(out.split())
+    assert "P country 0.93 · region 0.81 · city 0.66 · ≤25 km 0.64 · ≤200 km 0.88" in flat
+    assert "clusters (1), heaviest first: evidence per source" in flat
+    assert "0.625 (3)" in flat and "vlm-informed" in flat  # each source's mass (items) in the cluster
 
 
 def test_show_picks_one_trace_of_a_jsonl_with_id(traces_jsonl: Path):
@@ -95,6 +99,11 @@ def test_html_page_is_self_contained_with_an_svg_map_and_escaped_text(trace_file
     xs = [float(p.split(",")[0]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     ys = [float(p.split(",")[1]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     assert abs(sum(xs) / len(xs) - (180 - 8.62) * 2) < 2 and abs(sum(ys) / len(ys) - (90 - 41.15) * 2) < 2
+
+    # Each cluster's evidence per source, and the calibrated per-level probabilities.
+    assert "Clusters, heaviest first: evidence per source (1)" in text
+    assert "vlm-informed: mass (items)" in text and "0.625 (3)" in text
+    assert "calibration mine@0123456789ab" in text
 
     # The score table and the chain of reasoning.
     assert "neighbor_support" in text and "0.654" in text and "0.731" in text

@@ -70,3 +70,12 @@ def test_no_top_level_agent_index_or_eval_modules_are_installed():
 def test_prompt_templates_ship_as_package_data():
     data = _pyproject()["tool"]["setuptools"]["package-data"]["geosleuth.prompts"]
     assert any(pattern.startswith("templates/") for pattern in data)
+
+
+def test_the_default_calibration_ships_as_package_data():
+    data = _pyproject()["tool"]["setuptools"]["package-data"]["geosleuth.agent"]
+    assert "calibration_default.json" in data
+    from geosleuth.agent.confidence import load_calibration
+
+    shipped = load_calibration(None)
+    assert "simulation" in shipped.source.lower() or "not fitted" in shipped.source.lower()  # says where it comes from

@@ -69,9 +69,12 @@ def test_full_run_writes_every_artefact(full_run: Any, run_benchmark: dict[str, 
     assert metrics["n"] == 9
     report = (out / "report.md").read_text()
     assert "within 2500 km" in report and "## Plots" in report
-    for plot in ("error_cdf.png", "world_map.png"):
+    for plot in ("error_cdf.png", "world_map.png", "reliability.png"):
         assert (out / plot).stat().st_size > 1000
+    assert "## Confidence calibration" in report and "| within_25km |" in report  # ECE per level
     assert (out / "per_image.csv").read_text().count("\n") == 10
+    located = [line["prediction"] for line in lines if (line.get("prediction") or {}).get("lat") is not None]
+    assert located and all(p["evidence"]["clusters"][0]["sources"] for p in located), "per-source evidence saved"
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"] == "im2gps3k" and manifest["preset"] == "full" and manifest["status"] == "complete"

@@ -329,3 +329,27 @@ def test_followup_says_which_hints_applied_and_whether_answers_were_reused(doubl
     assert "hints, applied as constraints: in Peru (2 candidates outside them set aside)" in text
     assert "Your earlier answers (reused: they fit the hints)" in text
     assert "38.7000" not in text  # a rejected candidate is not offered as one considered
+def test_an_answer_repeating_a_coordinate_from_its_own_prompt_is_an_echo(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0, 2], "vlm.samples_per_variant": 2})
+    # Sample 0 repeats the first shown neighbour (35, 139) to within ~1 km; sample 1 says Paris.
+    echo = doubles.answer_json(latitude=35.005, longitude=139.005, country="Japan")
+    backend = doubles.ScriptedBackend([lambda r: [echo, doubles.answer_json()]] * 2)
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    by_key = {(h.variant, h.sample_index): h for h in result.hypotheses}
+    # The zero-shot prompt showed nothing: the same coordinate there is the model's own answer.
+    assert by_key[("neighbors-0", 0)].echo_of is None and by_key[("neighbors-0", 0)].shown_coordinates == 0
+    informed = by_key[("neighbors-2", 0)]
+    assert informed.echo_of is not None and informed.echo_of.startswith("neighbor 1 (35.0000, 139.0000)")
+    assert informed.shown_coordinates == 2 + 2 + 2  # neighbours, dissimilar, GPS candidates shown
+    assert by_key[("neighbors-2", 1)].echo_of is None  # Paris is 50 km+ from every shown point
+
+
+def test_a_model_that_cannot_tell_abstains_instead_of_inventing_a_point(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0], "vlm.samples_per_variant": 2})
+    cannot = doubles.answer_json(latitude=None, longitude=None, cannot_tell_because="only a white wall is visible")
+    backend = doubles.ScriptedBackend([[cannot, doubles.answer_json()]])
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    assert [h.sample_index for h in result.hypotheses] == [1]
+    assert not result.failures
+    assert [(a.sample_index, a.reason) for a in result.abstentions] == [(0, "only a white wall is visible")]
+    assert result.abstentions[0].raw_text == cannot

@@ -34,9 +34,15 @@ def test_schema_is_strict_mode_compatible() -> None:
     props = schema["properties"]
     assert list(props) == [
         "clues", "continent", "country", "region", "city", "latitude", "longitude", "confidence",
+        "cannot_tell_because",
     ]  # reasoning order: clues before the coordinate
-    assert (props["latitude"]["minimum"], props["latitude"]["maximum"]) == (-90, 90)
-    assert (props["longitude"]["minimum"], props["longitude"]["maximum"]) == (-180, 180)
+
+    def number(prop: dict) -> dict:  # a coordinate is a bounded number or null (the model may abstain)
+        assert {"type": "null"} in prop["anyOf"]
+        return next(option for option in prop["anyOf"] if option.get("type") == "number")
+
+    assert (number(props["latitude"])["minimum"], number(props["latitude"])["maximum"]) == (-90, 90)
+    assert (number(props["longitude"])["minimum"], number(props["longitude"])["maximum"]) == (-180, 180)
     assert (props["confidence"]["minimum"], props["confidence"]["maximum"]) == (0, 1)
 
 
@@ -161,3 +167,19 @@ def test_front_matter_is_required_and_must_match_the_file_name(tmp_path: Path) -
     (tmp_path / "named.md").write_text("---\nid: other\nversion: 2\n---\nx\n", encoding="utf-8")
     with pytest.raises(PromptTemplateError, match="other"):
         load_template("named", tmp_path)
+
+
+def test_a_null_coordinate_with_a_reason_is_an_abstention_not_a_point() -> None:
+    answer = parse_answer(json.dumps({**VALID, "latitude": None, "longitude": None,
+                                      "cannot_tell_because": "a plain white wall, nothing else"}))
+    assert answer.abstains and answer.latitude is None and answer.longitude is None
+    assert not parse_answer(json.dumps(VALID)).abstains
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"latitude": None, "longitude": None}, "cannot_tell_because"),  # no reason given
+    ({"latitude": None, "cannot_tell_because": "blurry"}, "both latitude and longitude"),
+])
+def test_half_an_abstention_is_invalid(change: dict, message: str) -> None:
+    with pytest.raises(AnswerParseError, match=message):
+        parse_answer(json.dumps({**VALID, **change}))
