@@ -93,7 +93,9 @@ def test_locate_end_to_end_with_tiny_models(tiny_config: Path, folder: Path):
     assert "gps-gallery" in prediction.sources_used
     # Calibrated per-level probabilities in the JSON and in the readable summary.
     assert prediction.levels is not None and prediction.confidence == prediction.levels.within_25km
-    summary = runner.invoke(app, ["--config", str(tiny_config), "locate", "--allow-degraded", str(folder / "porto.jpg")])
+    summary = runner.invoke(
+        app, ["--config", str(tiny_config), "locate", "--allow-degraded", str(folder / "porto.jpg")]
+    )
     assert summary.exit_code == 0, summary.output
     flat = " ".join(summary.stdout.split())
     # (a second run: the random VLM may answer differently, so the numbers are checked for form)
