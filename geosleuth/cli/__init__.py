@@ -20,6 +20,7 @@ from geosleuth.cli import (
     index_cmd,
     models_cmd,
     trace_cmd,
+    ui_cmd,
     vlm_cmd,
 )
 from geosleuth.cli.common import CLIState
@@ -56,6 +57,7 @@ def _root(
 
 
 agent_cmd.register(app)
+ui_cmd.register(app)
 app.add_typer(index_cmd.app, name="index", help="Build, inspect and search image-gallery indexes.")
 app.add_typer(vlm_cmd.app, name="vlm", help="Serve and check the vision-language model.")
 app.add_typer(eval_cmd.app, name="eval", help="Score predictions and run benchmarks.")
