@@ -39,6 +39,7 @@ from geosleuth.agent.state import Constraint
 from geosleuth.config import expand_path
 from geosleuth.errors import GeosleuthError
 from geosleuth.geo import CONTINENT_NAMES, haversine_km
+from geosleuth.geo import fold_name as fold
 from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, ReasoningResult, Trace
 
@@ -101,7 +102,7 @@ class PlaceResolver:
         table: dict[str, list[City]] = {}
         for row in self._rows:
             city = self._city(row)
-            for key in {_fast_fold(a) for a in row.get("alternatenames", [])}:
+            for key in {fold(a) for a in row.get("alternatenames", [])}:
                 if key:
                     table.setdefault(key, []).append(city)
         return table
@@ -159,21 +160,6 @@ def _normalise(text: str) -> str:
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = "".join(ch if ch.isalnum() or ch in ",." else " " for ch in text)
     return " ".join(text.replace(" ,", ",").split()).strip(" .")
-
-
-def fold(text: str) -> str:
-    """Lower-case, accent-free, punctuation-free key for matching place names."""
-    return " ".join(_normalise(text).replace(",", " ").replace(".", " ").split())
-
-
-_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
-
-
-def _fast_fold(text: str) -> str:
-    """:func:`fold`, with a shortcut for plain ASCII (most of GeoNames' alternate names)."""
-    if text.isascii():
-        return " ".join(_NOT_ALNUM.sub(" ", text.lower()).split())
-    return fold(text)
 
 
 def parse_hint(message: str, resolver: PlaceResolver) -> Hint:

@@ -12,14 +12,13 @@ with its cluster's confidence.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geosleuth.config import VerifyConfig
-from geosleuth.geo import haversine_km
+from geosleuth.geo import fold_name, haversine_km
 from geosleuth.types import Candidate, Clue, Hypothesis, ImageRef, Prediction, StepFailure
 
 if TYPE_CHECKING:
@@ -117,13 +116,8 @@ def supporting_clues(hypotheses: Sequence[Hypothesis], lat: float, lon: float, r
     seen: set[str] = set()
     for hypothesis in sorted(near, key=lambda h: -h.confidence):
         for clue in hypothesis.clues:
-            key = _fold(clue.observation)
+            key = fold_name(clue.observation)
             if key and key not in seen:
                 seen.add(key)
                 clues.append(clue)
     return clues[:MAX_CLUES]
-
-
-def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    return " ".join("".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split())

@@ -31,7 +31,6 @@ certainty the evidence does not give.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,7 +40,7 @@ import numpy as np
 from geosleuth.agent.state import Constraint, contains_all
 from geosleuth.config import VerifyConfig
 from geosleuth.errors import ConfigError
-from geosleuth.geo import CONTINENT_NAMES, haversine_km
+from geosleuth.geo import CONTINENT_NAMES, fold_name, haversine_km
 from geosleuth.types import Candidate, CandidateSource, Hypothesis, Place, RetrievalResult
 
 if TYPE_CHECKING:
@@ -262,16 +261,10 @@ def geo_consistency(hypothesis: Hypothesis, place: Place, geocoder: ReverseGeoco
 
 def continent_name(text: str | None) -> str | None:
     """'south america' / 'SA' / 'Australia' -> the GeoNames continent name used in Place; else None."""
-    return _CONTINENT_BY_NAME.get(_fold(text)) if text else None
-
-
-def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+    return _CONTINENT_BY_NAME.get(fold_name(text)) if text else None
 
 
 def _same_name(a: str, b: str) -> bool:
     """'Provence' vs 'Provence-Alpes-Cote d'Azur': one folded name contains the other."""
-    fa, fb = _fold(a), _fold(b)
+    fa, fb = fold_name(a), fold_name(b)
     return bool(fa and fb) and (fa in fb or fb in fa)

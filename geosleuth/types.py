@@ -7,11 +7,14 @@ these objects only, never another stage's internals. Every top-level record carr
 
 from __future__ import annotations
 
-import math
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Place is the geocoder's output type; it lives in geosleuth.geo (which imports nothing from here).
+from geosleuth.geo.coordinates import validate_coordinate
+from geosleuth.geo.place import Place as Place
 
 SCHEMA_VERSION = "1.0"
 
@@ -29,15 +32,7 @@ def _check_lat_lon(lat: float | None, lon: float | None) -> tuple[float | None, 
         return None, None
     if lat is None or lon is None:
         raise ValueError("latitude and longitude must both be given (got only one)")
-    if not (math.isfinite(lat) and math.isfinite(lon)):
-        raise ValueError(f"coordinate ({lat}, {lon}) is not finite")
-    if not -90.0 <= lat <= 90.0:
-        raise ValueError(f"latitude {lat} is outside [-90, 90]")
-    if not -360.0 <= lon <= 360.0:
-        raise ValueError(f"longitude {lon} is outside [-360, 360]")
-    if not -180.0 <= lon < 180.0:  # wrap only when needed: the formula perturbs in-range floats
-        lon = ((lon + 180.0) % 360.0) - 180.0
-    return float(lat), float(lon)
+    return validate_coordinate(lat, lon)
 
 
 class Coordinate(_Record):
@@ -48,27 +43,6 @@ class Coordinate(_Record):
     def _validate(self) -> Coordinate:
         self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
         return self
-
-
-class Place(_Record):
-    """A reverse-geocoded place hierarchy. Any level may be unknown (None)."""
-
-    continent: str | None = None
-    country_code: str | None = None  # ISO 3166-1 alpha-2
-    country: str | None = None
-    admin1: str | None = None  # region / state
-    admin2: str | None = None  # county / district
-    city: str | None = None  # nearest GeoNames place with >= 1000 people
-    city_distance_km: float | None = None  # how far that place is (large: sea or wilderness)
-
-    def hierarchy(self) -> str:
-        """E.g. 'Europe > Portugal > Lisbon > Sintra' (unknown levels are skipped)."""
-        parts = [self.continent, self.country, self.admin1, self.city]
-        out: list[str] = []
-        for part in parts:
-            if part and (not out or out[-1] != part):
-                out.append(part)
-        return " > ".join(out) if out else "unknown place"
 
 
 class ExifInfo(_Record):

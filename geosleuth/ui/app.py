@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from geosleuth.api import Geolocator
 
 STATIC = Path(__file__).with_name("static")
+BASEMAP_TOLERANCE_DEG = 0.05  # about 5 km: fine from world to country zoom; about 1.2 MB of GeoJSON
 log = logging.getLogger("geosleuth.ui")
 
 # The page loads nothing from elsewhere; OpenStreetMap tiles only once the user turns them on.
@@ -62,25 +63,6 @@ class UISettings:
     uploads_dir: Path | None = None  # default: <index.cache_dir>/ui_uploads
 
 
-def basemap() -> dict[str, Any]:
-    """Country polygons for the offline map (Natural Earth, from :mod:`geosleuth.geo`).
-
-    Until ``geosleuth.geo.basemap`` is available, the land backdrop of the trace pages (grid cells
-    with GeoNames places) stands in, drawn as rectangles."""
-    try:
-        from geosleuth.geo.basemap import basemap_geojson  # type: ignore[import-not-found]
-    except ImportError:
-        from geosleuth.agent.trace_view import land_cells
-
-        features = [
-            {"type": "Feature", "properties": {"name": "land (populated 2-degree cells)"},
-             "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, s + 2], [w, s + 2], [w, s]]]}}
-            for s, w, e in land_cells(2.0)
-        ]
-        return {"type": "FeatureCollection", "features": features}
-    return basemap_geojson(tolerance_deg=0.05)
-
-
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
@@ -98,6 +80,7 @@ class _App:
         self.sessions = ChatSessions(geo, db_path=settings.db_path)
         self.uploads = settings.uploads_dir or expand_path(geo.config.index.cache_dir) / "ui_uploads"
         self._basemap: bytes | None = None
+        self._basemap_lock = asyncio.Lock()
         self._land: list[tuple[float, float, float]] | None = None
         self._turns: set[asyncio.Task[Any]] = set()
 
@@ -234,10 +217,21 @@ class _App:
         return JSONResponse({"name": name, "rows": views.batch_view(records)})
 
     async def basemap(self, request: Request) -> Response:
-        if self._basemap is None:
-            self._basemap = json.dumps(await asyncio.to_thread(basemap), separators=(",", ":")).encode()
-        return Response(self._basemap, media_type="application/geo+json",
+        return Response(await self.basemap_bytes(), media_type="application/geo+json",
                         headers={"Cache-Control": "public, max-age=86400"})
+
+    async def basemap_bytes(self) -> bytes:
+        async with self._basemap_lock:
+            if self._basemap is None:
+                self._basemap = await asyncio.to_thread(self._build_basemap)
+        return self._basemap
+
+    def _build_basemap(self) -> bytes:
+        from geosleuth.geo.basemap import basemap_geojson
+
+        # The polygons the pipeline's reverse geocoder already loaded: the map shows its borders.
+        geojson = basemap_geojson(BASEMAP_TOLERANCE_DEG, boundaries=self.geo.resources.geocoder.boundaries)
+        return json.dumps(geojson, separators=(",", ":")).encode()
 
     async def aclose(self) -> None:
         for task in list(self._turns):
@@ -273,9 +267,11 @@ def create_app(geo: Geolocator, settings: UISettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.sessions.db_path()  # loads the models once
+        warm = asyncio.ensure_future(state.basemap_bytes())  # ready before the page asks for it
         try:
             yield
         finally:
+            warm.cancel()
             await state.aclose()
 
     sid = "/api/sessions/{session_id:str}"
