@@ -95,9 +95,9 @@ class GeoMap {
   fit() {
     this.map.invalidateSize();
     if (this.bounds && this.bounds.length) {
-      this.map.fitBounds(L.latLngBounds(this.bounds).pad(0.3), { maxZoom: 8 });
+      this.map.fitBounds(L.latLngBounds(this.bounds).pad(0.3), { maxZoom: 6, animate: false });
     } else {
-      this.map.setView([20, 0], 1.5);
+      this.map.setView([20, 0], 1.5, { animate: false });
     }
   }
 }
