@@ -175,12 +175,14 @@ class ChatSessions:
         self._pipeline: LocatePipeline | None = None
         self._resolver: PlaceResolver | None = None
         self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._loading = asyncio.Lock()
 
     async def _base(self) -> tuple[LocatePipeline, PlaceResolver]:
-        if self._pipeline is None:
-            resources = await asyncio.to_thread(lambda: self._geo.resources)  # loads the models, once
-            self._pipeline = LocatePipeline(resources)
-            self._resolver = PlaceResolver(resources.geocoder)
+        async with self._loading:
+            if self._pipeline is None:
+                resources = await asyncio.to_thread(lambda: self._geo.resources)  # loads the models, once
+                self._pipeline = LocatePipeline(resources)
+                self._resolver = PlaceResolver(resources.geocoder)
         assert self._resolver is not None
         return self._pipeline, self._resolver
 

@@ -44,10 +44,11 @@ class UIServer:
     """A running ``geosleuth ui`` child process; ``url`` is the address it printed."""
 
     def __init__(self, config: Path, workdir: Path, *extra: str) -> None:
+        self.command = geosleuth_command()
         self.stderr_path = workdir / "ui-server.stderr"
         self._stderr = self.stderr_path.open("wb")
         self.process = subprocess.Popen(
-            [*geosleuth_command(), "--config", str(config), "ui", "--port", "0", *extra],
+            [*self.command, "--config", str(config), "ui", "--port", "0", *extra],
             stdout=subprocess.PIPE, stderr=self._stderr, cwd=workdir,
             env={**os.environ, "GEOSLEUTH_UI_TOKEN": ""},
         )

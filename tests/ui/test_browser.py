@@ -7,7 +7,9 @@ engine and its SQLite store, and the page are the real ones.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -210,3 +212,15 @@ def test_batch_results_on_the_map_filtered_by_confidence_and_status(new_page, tm
     broken.write_text('{"hello": 1}\n')
     page.set_input_files("#batch-file", str(broken))
     expect(page.locator("#error")).to_contain_text("not-results.jsonl, line 1")
+
+
+
+def test_a_session_from_the_web_app_resumes_in_the_terminal(ui_server, ui_config: Path, session_id: str):
+    """`geosleuth chat --resume ID` (the real command, while the app runs) sees the browser's session."""
+    result = subprocess.run(
+        [*ui_server.command, "--config", str(ui_config), "chat", "--resume", session_id],
+        input="/where\n", capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"resumed session {session_id} \(\d+ earlier turns\)", result.stdout)
+    assert "porto.jpg" in result.stdout or "Best guess" in result.stdout
