@@ -5,10 +5,10 @@ engine's API is adapted here only. Sessions live in the same SQLite store as ``g
 (``<index.cache_dir>/chat_sessions.sqlite`` by default): a session started in the browser resumes
 with ``geosleuth chat --resume ID`` and the other way round.
 
-Steps stream as they run: each session gets a :class:`_StepReportingPipeline`, which the chat engine
-uses as its locate pipeline; it runs opening locates through :meth:`Geolocator.astream` and reports
-every finished step. A re-locate that reuses the VLM's earlier answers (``prior_reasoning``) cannot go
-through ``astream``; its steps are reported from its trace when it ends.
+Steps stream as they run: the chat engine's locate pipeline is a :class:`_StepReportingPipeline`,
+which runs locates through :meth:`Geolocator.astream` and reports every finished step to the
+listener of the turn that asked for it. A re-locate that reuses the VLM's earlier answers
+(``prior_reasoning``) cannot go through ``astream``; its steps are reported from its trace when it ends.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,23 +118,27 @@ def _report(step: str, event: TraceEvent | None, *, live: bool) -> StepReport:
     )
 
 
+# The listener of the turn running in this task (asyncio tasks, LangGraph's among them, inherit it):
+# one pipeline serves every session, each turn reports to its own page.
+_listener: ContextVar[StepListener | None] = ContextVar("geosleuth_ui_step_listener", default=None)
+
+
 class _StepReportingPipeline:
-    """What the chat engine needs of a locate pipeline (``resources``, ``run``), reporting steps to
-    ``listener`` while a turn runs."""
+    """What the chat engine needs of a locate pipeline (``resources``, ``run``), reporting each step
+    to the current turn's listener."""
 
     _STREAMABLE = frozenset({"constraints", "top_k", "hint", "prior_reasoning"})
 
     def __init__(self, geo: Geolocator, pipeline: LocatePipeline) -> None:
         self._geo = geo
         self._pipeline = pipeline
-        self.listener: StepListener | None = None
 
     @property
     def resources(self) -> Resources:
         return self._pipeline.resources
 
     async def run(self, image_path: str, **options: Any) -> LocateOutcome:
-        listener = self.listener
+        listener = _listener.get()
         streamable = options.get("prior_reasoning") is None and set(options) <= self._STREAMABLE
         if listener is None or not streamable:
             outcome = await self._pipeline.run(image_path, **options)
@@ -162,7 +167,6 @@ class _StepReportingPipeline:
 @dataclass
 class _Open:
     session: ChatSession
-    pipeline: _StepReportingPipeline
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -172,35 +176,34 @@ class ChatSessions:
     def __init__(self, geo: Geolocator, *, db_path: str | Path | None = None) -> None:
         self._geo = geo
         self._db_path = Path(db_path) if db_path is not None else None
-        self._pipeline: LocatePipeline | None = None
+        self._pipeline: _StepReportingPipeline | None = None
         self._resolver: PlaceResolver | None = None
         self._open: OrderedDict[str, _Open] = OrderedDict()
         self._loading = asyncio.Lock()
 
-    async def _base(self) -> tuple[LocatePipeline, PlaceResolver]:
+    async def _base(self) -> tuple[_StepReportingPipeline, PlaceResolver]:
         async with self._loading:
             if self._pipeline is None:
                 resources = await asyncio.to_thread(lambda: self._geo.resources)  # loads the models, once
-                self._pipeline = LocatePipeline(resources)
+                self._pipeline = _StepReportingPipeline(self._geo, LocatePipeline(resources))
                 self._resolver = PlaceResolver(resources.geocoder)
         assert self._resolver is not None
         return self._pipeline, self._resolver
 
     async def db_path(self) -> Path:
         pipeline, _ = await self._base()
-        return self._db_path or default_sessions_db(pipeline)
+        return self._db_path or default_sessions_db(pipeline)  # type: ignore[arg-type]  # duck-typed
 
     async def _session(self, session_id: str | None, image_path: str | None = None) -> _Open:
         if session_id is not None and session_id in self._open:
             self._open.move_to_end(session_id)
             return self._open[session_id]
         pipeline, resolver = await self._base()
-        wrapper = _StepReportingPipeline(self._geo, pipeline)
         session = await ChatSession.open(
-            wrapper,  # type: ignore[arg-type]  # duck-typed: resources + run
+            pipeline,  # type: ignore[arg-type]  # duck-typed: resources + run
             image_path=image_path, session_id=session_id, db_path=await self.db_path(), resolver=resolver,
         )
-        entry = _Open(session, wrapper)
+        entry = _Open(session)
         self._open[session.session_id] = entry
         while len(self._open) > MAX_OPEN_SESSIONS:
             _, old = self._open.popitem(last=False)
@@ -210,11 +213,11 @@ class ChatSessions:
 
     async def _run(self, entry: _Open, listener: StepListener | None, turn: Callable[[], Awaitable[Any]]) -> Any:
         async with entry.lock:
-            entry.pipeline.listener = listener
+            token = _listener.set(listener)
             try:
                 return await turn()
             finally:
-                entry.pipeline.listener = None
+                _listener.reset(token)
 
     async def start(self, image_path: str, listener: StepListener | None = None) -> TurnResult:
         """A new session about ``image_path``: locates it, reporting each step to ``listener``."""

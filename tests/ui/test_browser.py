@@ -33,15 +33,33 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def session_id(ui_server, photo_dir: Path) -> str:
-    """A session about porto.jpg, started over HTTP (the browser upload has its own test)."""
+def started_over_http(ui_server, photo_dir: Path) -> list[tuple[str, dict]]:
+    """The server-sent events of a session about porto.jpg started over HTTP (the browser upload has its
+    own test), in the order they arrived."""
     request = urllib.request.Request(ui_server.url + "api/sessions?name=porto.jpg",
                                      data=(photo_dir / "porto.jpg").read_bytes(), method="POST")
     with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
         stream = response.read().decode()
-    result = re.search(r"event: result\ndata: (.*)\n", stream)
-    assert result, stream
-    return json.loads(result.group(1))["session"]["session_id"]
+    return [(m[1], json.loads(m[2])) for m in re.finditer(r"event: (\w+)\ndata: (.*)\n\n", stream)]
+
+
+@pytest.fixture(scope="module")
+def session_id(started_over_http: list[tuple[str, dict]]) -> str:
+    event, data = started_over_http[-1]
+    assert event == "result", started_over_http
+    return data["session"]["session_id"]
+
+
+def test_steps_stream_as_they_finish_then_the_answer(started_over_http: list[tuple[str, dict]]):
+    events = [event for event, _ in started_over_http]
+    assert events == ["step"] * 5 + ["result"]
+    steps = [data for event, data in started_over_http if event == "step"]
+    assert [s["step"] for s in steps] == ["perceive", "retrieve", "reason", "verify", "decide"]
+    assert all(s["live"] and s["duration_s"] >= 0 for s in steps)  # reported by the running graph
+    result = started_over_http[-1][1]
+    assert result["kind"] == "located"
+    assert [s["step"] for s in result["session"]["steps"]] == [s["step"] for s in steps]
 
 
 def open_session(new_page, session_id: str):
@@ -97,6 +115,12 @@ def test_upload_streams_steps_and_shows_the_answer_on_the_map(new_page, photo_di
 
     page.screenshot(path=str(screenshots / "answer.png"), full_page=True)
     assert p.outside == []  # nothing loaded from the internet (OpenStreetMap tiles are off)
+
+    # OpenStreetMap tiles only once the user turns them on (requests stopped here: no network in tests)
+    page.route("https://tile.openstreetmap.org/**", lambda route: route.abort())
+    with page.expect_request(lambda r: r.url.startswith("https://tile.openstreetmap.org/")):
+        page.check("#osm-tiles")
+    assert p.outside and all(url.startswith("https://tile.openstreetmap.org/") for url in p.outside)
 
 
 def test_a_hint_moves_the_answer_inside_it_and_the_session_survives_a_reload(
