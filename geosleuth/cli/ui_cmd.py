@@ -40,7 +40,11 @@ def ui(
         config = state(ctx).config()
         sock = _bind(host, port)
     geo = Geolocator.from_config(config)
-    settings = UISettings(max_upload_bytes=int(max_upload_mb * 1e6), token=token, db_path=sessions_db)
+    settings = UISettings(
+        max_upload_bytes=int(max_upload_mb * 1e6), token=token, db_path=sessions_db,
+        # On loopback, only requests addressed to loopback names (a DNS-rebinding page uses its own name).
+        allowed_hosts=("127.0.0.1", "localhost") if host in ("127.0.0.1", "localhost") else None,
+    )
     app = create_app(geo, settings)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

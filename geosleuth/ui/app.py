@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -61,6 +62,8 @@ class UISettings:
     token: str | None = None
     db_path: Path | None = None  # the chat session store (default: the CLI's)
     uploads_dir: Path | None = None  # default: <index.cache_dir>/ui_uploads
+    # Host names requests may use (None: any). On loopback this stops DNS-rebinding pages.
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 def _sse(event: str, data: Any) -> bytes:
@@ -69,6 +72,16 @@ def _sse(event: str, data: Any) -> bytes:
 
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _wrong_type(request: Request, expected: str) -> JSONResponse | None:
+    """Writes must say their content type: a cross-site form can only send form or text types, so
+    another web page cannot post to this app behind the user's back (it needs a CORS preflight,
+    which this app never grants)."""
+    given = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if given == expected:
+        return None
+    return _error(f"send this request with Content-Type: {expected} (got {given or 'none'})", 415)
 
 
 class _App:
@@ -125,6 +138,8 @@ class _App:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def start_session(self, request: Request) -> Response:
+        if wrong := _wrong_type(request, "application/octet-stream"):
+            return wrong
         name = request.query_params.get("name") or "upload"
         try:
             path = await save_upload(request.stream(), name, self.uploads, max_bytes=self.settings.max_upload_bytes)
@@ -135,6 +150,8 @@ class _App:
 
     async def send_message(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
+        if wrong := _wrong_type(request, "application/json"):
+            return wrong
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -203,6 +220,8 @@ class _App:
     async def batch(self, request: Request) -> Response:
         from geosleuth.agent.batch import read_results
 
+        if wrong := _wrong_type(request, "application/octet-stream"):
+            return wrong
         name = request.query_params.get("name") or "results.jsonl"
         with tempfile.TemporaryDirectory(prefix="geosleuth-ui-") as folder:
             try:
@@ -289,6 +308,8 @@ def create_app(geo: Geolocator, settings: UISettings) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [Middleware(_SecurityHeaders)]
+    if settings.allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts)))
     if settings.token:
         middleware.append(Middleware(TokenMiddleware, token=settings.token))
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

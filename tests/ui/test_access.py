@@ -22,12 +22,17 @@ def test_binding_beyond_loopback_needs_a_token():
     assert "'0.0.0.0'" in result.output and "--token" in result.output
 
 
-def _client(tmp_path: Path, *, token: str | None = None, max_upload_bytes: int = 10_000_000) -> TestClient:
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def _client(tmp_path: Path, *, token: str | None = None, max_upload_bytes: int = 10_000_000,
+            allowed_hosts: tuple[str, ...] | None = None) -> TestClient:
     from geosleuth.api import Geolocator
     from geosleuth.ui.app import UISettings, create_app
 
     geo = Geolocator.from_config(index={"cache_dir": str(tmp_path / "cache")})
-    settings = UISettings(max_upload_bytes=max_upload_bytes, token=token, uploads_dir=tmp_path / "uploads")
+    settings = UISettings(max_upload_bytes=max_upload_bytes, token=token, uploads_dir=tmp_path / "uploads",
+                          allowed_hosts=allowed_hosts)
     return TestClient(create_app(geo, settings), base_url="http://127.0.0.1")  # no lifespan: no models
 
 
@@ -56,7 +61,7 @@ def test_without_a_token_on_loopback_the_page_loads_with_a_strict_policy(tmp_pat
 def test_uploads_over_the_limit_are_refused_naming_the_file(tmp_path: Path):
     photo = photos.write_photo(tmp_path / "big.jpg", size=(400, 300))
     client = _client(tmp_path, max_upload_bytes=1000)
-    response = client.post("/api/sessions?name=big.jpg", content=photo.read_bytes())
+    response = client.post("/api/sessions?name=big.jpg", content=photo.read_bytes(), headers=OCTETS)
     assert response.status_code == 413
     assert response.json()["error"].startswith("big.jpg: the file is larger than the upload limit")
     assert not any(p.is_file() for p in (tmp_path / "uploads").rglob("*"))  # nothing kept
@@ -72,7 +77,7 @@ def test_uploads_over_the_limit_are_refused_naming_the_file(tmp_path: Path):
 )
 def test_bad_uploads_are_refused_with_the_safe_loaders_reason(tmp_path: Path, writer, message: str):
     bad = writer(tmp_path / "x.jpg")
-    response = _client(tmp_path).post("/api/sessions?name=x.jpg", content=bad.read_bytes())
+    response = _client(tmp_path).post("/api/sessions?name=x.jpg", content=bad.read_bytes(), headers=OCTETS)
     assert response.status_code == 400
     assert response.json()["error"].startswith(message)
     assert not any(p.is_file() for p in (tmp_path / "uploads").rglob("*"))
@@ -85,3 +90,22 @@ def test_upload_names_cannot_leave_the_upload_folder(tmp_path: Path):
     assert safe_file_name("..\\..\\x.jpg") == "x.jpg"
     assert safe_file_name("...") == "upload"
     assert safe_file_name("photo of <me>.jpg") == "photo_of_me_.jpg"
+
+
+def test_other_web_pages_cannot_post_to_the_app(tmp_path: Path):
+    """A cross-site form can send only form or text bodies without a CORS preflight; those are refused."""
+    photo = photos.write_photo(tmp_path / "p.jpg")
+    client = _client(tmp_path)
+    text = {"Content-Type": "text/plain"}
+    upload = client.post("/api/sessions?name=p.jpg", content=photo.read_bytes(), headers=text)
+    assert upload.status_code == 415 and "application/octet-stream" in upload.json()["error"]
+    message = client.post("/api/sessions/abc/messages", content='{"text": "hi"}', headers=text)
+    assert message.status_code == 415 and "application/json" in message.json()["error"]
+    batch = client.post("/api/batch", content=b"{}", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert batch.status_code == 415
+
+
+def test_on_loopback_requests_must_be_addressed_to_loopback(tmp_path: Path):
+    client = _client(tmp_path, allowed_hosts=("127.0.0.1", "localhost"))
+    assert client.get("/").status_code == 200
+    assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 400  # DNS rebinding

@@ -37,7 +37,8 @@ def started_over_http(ui_server, photo_dir: Path) -> list[tuple[str, dict]]:
     """The server-sent events of a session about porto.jpg started over HTTP (the browser upload has its
     own test), in the order they arrived."""
     request = urllib.request.Request(ui_server.url + "api/sessions?name=porto.jpg",
-                                     data=(photo_dir / "porto.jpg").read_bytes(), method="POST")
+                                     data=(photo_dir / "porto.jpg").read_bytes(), method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(request, timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         stream = response.read().decode()
@@ -145,13 +146,22 @@ def test_a_hint_moves_the_answer_inside_it_and_the_session_survives_a_reload(
     assert shown_coordinate(page) == (lat, lon)
     assert "Lima" in page.inner_text("#hints")
 
-    # and from a fresh page, through the session list
+    # and from a fresh page, through the session list, or by its id
     other = new_page().page
     other.goto(p.url)
     other.click(f'#sessions a[data-session="{session_id}"]')
     other.wait_for_selector("#history .turn-relocated")
     assert "within 300 km of Lima" in other.inner_text("#history")
     assert shown_coordinate(other) == (lat, lon)
+    by_id = new_page().page
+    by_id.goto(p.url)
+    by_id.fill("#resume-id", "no-such-session")
+    by_id.click("#resume-form button")
+    expect(by_id.locator("#error")).to_contain_text("no chat session 'no-such-session'")
+    by_id.fill("#resume-id", session_id)
+    by_id.click("#resume-form button")
+    by_id.wait_for_selector("#history .turn-relocated")
+    assert shown_coordinate(by_id) == (lat, lon)
     assert p.outside == []
 
 

@@ -234,7 +234,9 @@ function sessionFromHash() {
 
 async function loadBatch(file) {
   showError("");
-  const response = await fetch(`/api/batch?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+  const response = await fetch(`/api/batch?name=${encodeURIComponent(file.name)}`, {
+    method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
+  });
   const body = await response.json();
   if (!response.ok) {
     showError(body.error);
@@ -302,6 +304,13 @@ function main() {
     e.preventDefault();
     send($("message").value);
   });
+  $("resume-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = $("resume-id").value.trim();
+    if (id) location.hash = `#session=${encodeURIComponent(id)}`;
+  });
+  $("photo").addEventListener("error", () => { $("photo").hidden = true; });
+  $("photo").addEventListener("load", () => { $("photo").hidden = false; });
   $("batch-file").addEventListener("change", (e) => e.target.files[0] && loadBatch(e.target.files[0]));
   $("batch-min-conf").addEventListener("input", drawBatch);
   $("batch-statuses").addEventListener("change", drawBatch);
