@@ -81,7 +81,9 @@ def prediction_view(prediction: Prediction) -> dict[str, Any]:
         "sources_used": list(prediction.sources_used),
         "image": prediction.image.path,
         "trace_id": prediction.trace_id,
-        "more": {key: value for key, value in dumped.items() if key not in _SHOWN_FIELDS and value is not None},
+        # A plain status string is the badge; a structured one (e.g. with missing stages) is also listed.
+        "more": {key: value for key, value in dumped.items() if key not in _SHOWN_FIELDS and value is not None
+                 and not (key == "status" and isinstance(value, str))},
     }
 
 
