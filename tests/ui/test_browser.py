@@ -193,13 +193,14 @@ def test_bad_uploads_show_a_clear_message_and_the_session_goes_on(
     assert page.evaluate("window.__owned") is None
 
 
-def test_trace_tab_and_downloads(new_page, session_id: str):
+def test_trace_tab_and_downloads(new_page, session_id: str, screenshots: Path):
     p = open_session(new_page, session_id)
     page = p.page
     page.click("#tabs button[data-tab=trace]")
     frame = page.frame_locator("#trace-frame")
     expect(frame.locator("svg").first).to_be_visible()  # the trace page's map
     expect(frame.locator("body")).to_contain_text("decide")
+    page.screenshot(path=str(screenshots / "trace.png"))
 
     trace = page.request.get(p.url + page.get_attribute("#download-trace", "href").lstrip("/"))
     prediction = page.request.get(p.url + page.get_attribute("#download-prediction", "href").lstrip("/"))

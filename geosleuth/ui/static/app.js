@@ -121,9 +121,13 @@ function renderAnswer(view) {
     el("td", null, a.rank), el("td", null, a.place || "–"), el("td", null, fmt(a.lat, 4)), el("td", null, fmt(a.lon, 4)),
     el("td", null, a.source), el("td", null, fmt(a.score, 3)), el("td", null, fmt(a.confidence, 3)))));
   $("clues").replaceChildren(...view.clues.map((c) => el("li", null, el("strong", null, c.observation), ` → ${c.implication}`)));
+  if (!view.clues.length) $("clues").append(el("li", { class: "hint" }, "none recorded"));
   $("hypotheses").tBodies[0].replaceChildren(...view.hypotheses.map((h) => el("tr", null,
     el("td", null, `${h.variant}#${h.sample}`), el("td", null, h.place || "–"), el("td", null, fmt(h.lat, 4)),
     el("td", null, fmt(h.lon, 4)), el("td", null, fmt(h.confidence, 2)), el("td", null, `${h.model} (${h.template})`))));
+  if (!view.hypotheses.length) {
+    $("hypotheses").tBodies[0].append(el("tr", null, el("td", { colspan: "6", class: "hint" }, "no usable VLM answer")));
+  }
   $("hints").textContent = view.constraints.length
     ? `active hints: ${view.constraints.map((c) => c.label).join("; ")}` : "";
   photoMap.setLayers(view.layers);
