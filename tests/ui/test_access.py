@@ -74,6 +74,7 @@ def test_uploads_over_the_limit_are_refused_naming_the_file(tmp_path: Path):
         (photos.write_empty_file, "x.jpg: the file is empty (0 bytes)"),
         (lambda p: photos.write_png_header_claiming(p, 100_000, 100_000), "x.jpg: the image is too large to decode"),
     ],
+    ids=["text", "empty", "bomb"],
 )
 def test_bad_uploads_are_refused_with_the_safe_loaders_reason(tmp_path: Path, writer, message: str):
     bad = writer(tmp_path / "x.jpg")
@@ -109,3 +110,17 @@ def test_on_loopback_requests_must_be_addressed_to_loopback(tmp_path: Path):
     client = _client(tmp_path, allowed_hosts=("127.0.0.1", "localhost"))
     assert client.get("/").status_code == 200
     assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 400  # DNS rebinding
+
+
+def test_a_heic_photo_without_the_extra_says_what_to_install(tmp_path: Path):
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pillow-heif is installed: HEIC photos load")
+    heic = photos.write_heic_stub(tmp_path / "phone.heic")
+    response = _client(tmp_path).post("/api/sessions?name=phone.heic", content=heic.read_bytes(), headers=OCTETS)
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "phone.heic: HEIC/HEIF images need the optional pillow-heif package: pip install 'geosleuth[heic]'")
