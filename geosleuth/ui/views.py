@@ -54,17 +54,8 @@ def _alternative(rank: int, candidate: Candidate) -> dict[str, Any]:
 
 
 def status_of(prediction: Prediction) -> str:
-    """The prediction's own ``status`` when it has one (a plain value or an object with ``.state`` /
-    ``.value``); otherwise ok / degraded (a step failed but an answer came) / failed (no coordinate)."""
-    status = getattr(prediction, "status", None)
-    for attr in ("state", "value", "status"):
-        if status is not None and not isinstance(status, str) and hasattr(status, attr):
-            status = getattr(status, attr)
-    if isinstance(status, str) and status:
-        return status
-    if not prediction.ok:
-        return "failed"
-    return "degraded" if prediction.failures else "ok"
+    """``ok`` / ``degraded`` (a required stage gave nothing) / ``failed`` (no coordinate): the prediction's own."""
+    return prediction.status.value
 
 
 def prediction_view(prediction: Prediction) -> dict[str, Any]:

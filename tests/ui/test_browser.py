@@ -108,7 +108,8 @@ def test_upload_streams_steps_and_shows_the_answer_on_the_map(new_page, photo_di
     assert page.locator("#map path.gs-layer-exif").count() == 1
     assert page.locator("#map path.gs-layer-gps").count() == 10  # retrieval.k_gps
     first = rows.nth(0).locator("td").all_inner_texts()
-    assert first[0] == "1" and float(first[2]) == pytest.approx(lat, abs=1e-3)
+    # the first alternative leads the winning cluster, whose (refined) centre is the answer
+    assert first[0] == "1" and float(first[2]) == pytest.approx(lat, abs=0.25)
 
     # a layer can be switched off
     page.locator(".leaflet-control-layers-overlays label", has_text="GPS candidates").locator("input").uncheck()
@@ -222,7 +223,8 @@ def test_batch_results_on_the_map_filtered_by_confidence_and_status(new_page, tm
     results.write_text("\n".join([
         line("a.jpg", 48.85, 2.35, 0.9),
         line("b.jpg", -33.87, 151.21, 0.3),
-        line("c.jpg", 35.68, 139.65, 0.7, failures=[StepFailure(step="reason", error="VLM down")]),
+        line("c.jpg", 35.68, 139.65, 0.7, failures=[StepFailure(step="reason", error="VLM down")],
+             missing_stages=["vlm"]),
         json.dumps({"id": "d.jpg", "path": "d.jpg", "error": "cannot load image", "error_type": "ImageLoadError"}),
     ]) + "\n")
     p = new_page()

@@ -32,7 +32,9 @@ def _prediction(**fields) -> Prediction:
 
 def test_a_failed_step_or_a_missing_answer_shows_in_the_status():
     assert prediction_view(_prediction())["status"] == "ok"
-    degraded = prediction_view(_prediction(failures=[StepFailure(step="reason", error="VLM down")]))
+    degraded = prediction_view(
+        _prediction(failures=[StepFailure(step="reason", error="VLM down")], missing_stages=["vlm"])
+    )
     assert degraded["status"] == "degraded" and degraded["failures"][0]["error"] == "VLM down"
     failed = prediction_view(Prediction(image=IMAGE, failure_reason="no source proposed a candidate location"))
     assert failed["status"] == "failed" and failed["lat"] is None
