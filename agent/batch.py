@@ -23,6 +23,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -643,3 +644,34 @@ def run_batch(
             "re-run with --resume to do the rest",
             summary,
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# For other engines (agent/batch_ray.py): the same results file rules, without the asyncio loop.
+
+
+async def locate_one(
+    item: BatchItem, locate_fn: LocateFn, fatal: tuple[type[BaseException], ...] = DEFAULT_FATAL_ERRORS
+) -> BatchResult:
+    """One image through ``locate_fn``: a prediction, or the error recorded as that image's result
+    (``fatal`` exceptions propagate)."""
+    return await _locate_one(item, locate_fn, fatal)
+
+
+@contextmanager
+def open_results(
+    out_path: str | os.PathLike[str], items: Sequence[BatchItem], summary: BatchSummary, *, resume: bool = False,
+    overwrite: bool = False, retry_errors: bool = False, fsync: bool = True,
+) -> Iterator[tuple[Callable[[bytes], None], set[str]]]:
+    """Lock and prepare the results file as :func:`arun_batch` does (resume, overwrite, retry_errors);
+    yield ``(write, done_ids)``: ``write(lines)`` appends complete lines in one write (+ fsync)."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = _ResultsWriter(out, fsync=fsync)
+    try:
+        done = _prepare_output(
+            writer, items, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors
+        )
+        yield writer.write, done
+    finally:
+        writer.close()

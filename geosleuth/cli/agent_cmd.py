@@ -30,6 +30,11 @@ EXIT_INTERRUPTED = 130
 MAX_SHOWN_CLUES = 5
 
 
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class ExportChoice(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
@@ -327,6 +332,12 @@ def batch(
     ),
     trace_dir: Path | None = typer.Option(None, "--trace-dir", help="write one trace JSON per image here"),
     top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="alternatives per image"),
+    engine: EngineChoice = typer.Option(
+        EngineChoice.local, "--engine", help="local: this process; ray: a Ray Data pipeline (docs/ray.md)"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="with --engine ray: the Ray cluster (HOST:PORT or auto; default: a local Ray)"
+    ),
 ) -> None:
     """Locate many images; results go to a JSONL file line by line, so a stopped run can --resume.
 
@@ -344,6 +355,9 @@ def batch(
         raise typer.Exit(EXIT_USAGE)
     if retry_errors and not resume:
         err_console().print("[bold red]error:[/] --retry-errors needs --resume", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    if address is not None and engine is not EngineChoice.ray:
+        err_console().print("[bold red]error:[/] --address needs --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)
 
     err = err_console()
@@ -370,11 +384,12 @@ def batch(
         if batch_input.ignored_files:
             err.print(f"{batch_input.ignored_files} non-image file(s) in {source} ignored", highlight=False,
                       markup=False)
-        geo = _open_geolocator(ctx)
+        geo = _open_geolocator(ctx) if engine is EngineChoice.local else None
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)
 
         async def locate_one(item: BatchItem) -> Prediction:
+            assert geo is not None
             if trace_dir is None:
                 return await geo.alocate(item.path, top_k=top_k)
             prediction, trace = await geo.alocate_with_trace(item.path, top_k=top_k)
@@ -409,6 +424,7 @@ def batch(
         run_summary = BatchSummary(out)
 
         async def run() -> BatchSummary:
+            assert geo is not None
             try:
                 return await arun_batch(
                     batch_input.items, locate_one, out, resume=resume, overwrite=overwrite,
@@ -418,14 +434,33 @@ def batch(
             finally:
                 await geo.aclose()
 
-        # Load the models before the clock starts (and fail on a bad setup before any image runs).
-        with err.status("loading models ..."):
-            _ = geo.resources
+        def run_on_ray() -> BatchSummary:
+            from geosleuth.agent.batch_ray import RayBatchOptions, run_ray_batch
+
+            def on_trace(item: BatchItem, trace_json: str) -> None:
+                assert trace_dir is not None
+                _atomic_write(trace_dir / _trace_file_name(item.id), trace_json)
+
+            return run_ray_batch(
+                batch_input.items, config, out, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
+                top_k=top_k,
+                options=RayBatchOptions(address=address, concurrency=concurrency or 2 * config.vlm.concurrency),
+                on_start=on_start, on_result=on_result, on_trace=on_trace if trace_dir is not None else None,
+                fatal_errors=_fatal_errors(), summary=run_summary,
+            )
+
+        if geo is not None:
+            # Load the models before the clock starts (and fail on a bad setup before any image runs).
+            with err.status("loading models ..."):
+                _ = geo.resources
         stopped: str | None = None
         exit_code = 0
         with progress:
             try:
-                asyncio.run(run())
+                if geo is None:
+                    run_on_ray()
+                else:
+                    asyncio.run(run())
             except KeyboardInterrupt:
                 run_summary.interrupted = True
                 stopped, exit_code = "interrupted: finished images are in the results file; re-run with --resume", \
