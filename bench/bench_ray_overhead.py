@@ -10,8 +10,9 @@ the same photos and the same configuration, one after the other, each as the com
 
 Overhead = ray wall time / local wall time - 1, both from process start to exit (imports, model
 loading; Ray also starting Ray and its actor processes). Goal: <= 25 % on 200 photos. It also prints
-the per-stage costs measured in the local run (mean seconds per photo from the traces), which docs/ray.md's 1M-photo estimate uses,
-and the cost of one GPS-gallery top-k over GeoCLIP's full 100K x 512 gallery (numpy, measured).
+the per-stage costs measured in the local run (mean seconds per photo from the traces), which
+docs/ray.md's 1M-photo estimate uses, and the cost of one GPS-gallery top-k over GeoCLIP's full
+100K x 512 gallery (numpy, measured).
 
     python bench/bench_ray_overhead.py [--photos 200] [--vlm tiny|none]
 """
