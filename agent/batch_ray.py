@@ -85,10 +85,18 @@ class LocateActor:
         self._concurrency = concurrency
         self._fatal = fatal_errors
         self._loop = asyncio.new_event_loop()
-        _ = self._geo.resources  # load the models now: once per actor, before the first shard
+        self._setup_error: BaseException | None = None
+        try:
+            _ = self._geo.resources  # load the models now: once per actor, before the first shard
+        except GeosleuthError as exc:
+            # Raised from __call__ instead: Ray reports a failed constructor as a bare ActorDiedError
+            # (and retries it), while a task's exception reaches the driver as itself.
+            self._setup_error = exc
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         """``batch``: a pyarrow Table with ``id`` and ``path`` columns."""
+        if self._setup_error is not None:
+            raise self._setup_error
         ids, paths = batch.column("id").to_pylist(), batch.column("path").to_pylist()
         items = [BatchItem(str(i), str(p)) for i, p in zip(ids, paths, strict=True)]
         outcomes = self._loop.run_until_complete(self._run(items))
@@ -172,10 +180,8 @@ def run_ray_batch(
                 with ray_session(options.address, num_cpus=options.local_cpus) as ray:
                     for shard in _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors):
                         _commit(shard, write, summary, on_result, on_trace)
-        except GeosleuthError:
-            raise
         except Exception as exc:
-            cause = unwrap_task_error(exc)
+            cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
             if isinstance(cause, fatal_errors):
                 summary.aborted = f"{type(cause).__name__}: {cause}"
                 raise BatchAborted(
@@ -183,6 +189,8 @@ def run_ray_batch(
                     "fix the problem and re-run with --resume",
                     summary,
                 ) from cause
+            if isinstance(cause, GeosleuthError) and cause is not exc:
+                raise cause from None
             raise
         finally:
             summary.elapsed_s = time.perf_counter() - started

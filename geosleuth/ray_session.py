@@ -41,6 +41,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     """
     ray = import_ray()
     if ray.is_initialized():
+        configure_ray_data()
         yield ray
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -58,17 +59,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             "(docs/ray.md) or leave out --address to run on a local Ray instance"
         ) from None
     try:
-        quiet_ray_data()
+        configure_ray_data()
         yield ray
     finally:
         ray.shutdown()
 
 
-def quiet_ray_data() -> None:
-    """The CLI draws its own progress: no Ray Data progress bars or per-operator log lines on stderr."""
+def configure_ray_data() -> None:
+    """This driver's Ray Data settings: a worker's exception comes back as itself (so a setup error
+    stops the run with its own message), and no Ray Data progress bars or per-operator log lines on
+    stderr (the CLI draws its own progress)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
+    context.raise_original_map_exception = True
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from geosleuth.config import EncoderConfig
-from geosleuth.errors import GalleryIndexError
+from geosleuth.errors import GalleryIndexError, GeosleuthError
 from geosleuth.index.build import ShardPlan, encode_shard, write_shard
 from geosleuth.index.store import EncoderIdentity
 
@@ -50,21 +50,20 @@ class EncodeActor:
         self, encoder_config: dict[str, Any], identity: dict[str, Any], batch_size: int, max_pixels: int | None,
         load_workers: int,
     ) -> None:
-        from geosleuth.index.encoders import create_image_encoder
-
-        self._encoder = create_image_encoder(EncoderConfig.model_validate(encoder_config))
-        expected = EncoderIdentity(**identity)
-        if not EncoderIdentity.of(self._encoder).matches(expected):
-            # Another model or other weights on this node: its vectors would not match the store's.
-            raise GalleryIndexError(
-                f"a Ray worker loaded {EncoderIdentity.of(self._encoder).describe()}, but the build uses "
-                f"{expected.describe()}; install the same weights on every node (geosleuth models pull)"
-            )
+        self._setup_error: GeosleuthError | None = None
+        try:
+            self._encoder = _load_encoder(encoder_config, EncoderIdentity(**identity))
+        except GeosleuthError as exc:
+            # Raised from __call__ instead: Ray reports a failed constructor as a bare ActorDiedError
+            # (and retries it), while a task's exception reaches the driver as itself.
+            self._setup_error = exc
         self._batch_size = batch_size
         self._max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=max(1, load_workers), thread_name_prefix="gallery-load")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        if self._setup_error is not None:
+            raise self._setup_error
         shards, payloads = [], []
         for s, positions, paths, lat, lon in zip(
             batch["shard"], batch["positions"], batch["paths"], batch["lat"], batch["lon"], strict=True
@@ -77,6 +76,19 @@ class EncodeActor:
             shards.append(int(s))
             payloads.append(pickle.dumps(encoded, protocol=pickle.HIGHEST_PROTOCOL))
         return {"shard": shards, "encoded": payloads}
+
+
+def _load_encoder(encoder_config: dict[str, Any], expected: EncoderIdentity) -> Any:
+    from geosleuth.index.encoders import create_image_encoder
+
+    encoder = create_image_encoder(EncoderConfig.model_validate(encoder_config))
+    if not EncoderIdentity.of(encoder).matches(expected):
+        # Another model or other weights on this node: its vectors would not match the store's.
+        raise GalleryIndexError(
+            f"a Ray worker loaded {EncoderIdentity.of(encoder).describe()}, but the build uses "
+            f"{expected.describe()}; install the same weights on every node (geosleuth models pull)"
+        )
+    return encoder
 
 
 def ray_shard_engine(
@@ -116,11 +128,9 @@ def ray_shard_engine(
                     for s, payload in zip(block["shard"], block["encoded"], strict=True):
                         write_shard(plan.work, int(s), pickle.loads(payload))
                         yield int(s)
-            except GalleryIndexError:
-                raise
             except Exception as exc:
-                cause = unwrap_task_error(exc)
-                if isinstance(cause, GalleryIndexError):
+                cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
+                if isinstance(cause, GeosleuthError) and cause is not exc:
                     raise cause from None
                 raise
 

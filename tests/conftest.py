@@ -71,9 +71,6 @@ def ray_cluster() -> Iterator[str]:
     os.environ.update(RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        from geosleuth.ray_session import quiet_ray_data
-
-        quiet_ray_data()
         yield context.address_info["gcs_address"]
     finally:
         ray.shutdown()

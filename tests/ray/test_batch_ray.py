@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from geosleuth.agent.batch import read_batch_input, run_batch
 from geosleuth.agent.batch_ray import RayBatchOptions, run_ray_batch
 from geosleuth.config import load_config
@@ -104,3 +106,16 @@ def test_sigkilled_driver_loses_only_photos_in_flight_and_resume_duplicates_none
     after = [r["id"] for r in rows(out)]
     assert sorted(after) == [f"p{i:02d}.png" for i in range(48)]  # each exactly once
     assert after[: len(before)] == before  # committed lines were kept, not redone
+
+
+def test_a_setup_error_in_the_actors_stops_the_run_and_names_the_problem(
+    ray_cluster, ray_photos, write_tiny_config, tmp_path
+):
+    from geosleuth.agent.batch import BatchAborted
+
+    missing = tmp_path / "no-such-model"
+    config = load_config(write_tiny_config(tmp_path, vlm={"backend": "none"}, encoders={"image_model": str(missing)}))
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(BatchAborted, match="no-such-model") as stopped:
+        run_ray_batch(read_batch_input(ray_photos).items, config, out, options=RayBatchOptions(actors=1))
+    assert stopped.value.summary.done_this_run == 0 and out.read_text() == ""
