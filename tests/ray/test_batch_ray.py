@@ -119,3 +119,34 @@ def test_a_setup_error_in_the_actors_stops_the_run_and_names_the_problem(
     with pytest.raises(BatchAborted, match="no-such-model") as stopped:
         run_ray_batch(read_batch_input(ray_photos).items, config, out, options=RayBatchOptions(actors=1))
     assert stopped.value.summary.done_this_run == 0 and out.read_text() == ""
+
+
+def test_a_sigkilled_worker_loses_nothing_and_duplicates_nothing(ray_cluster, ray_config, tmp_path):
+    from geosleuth.testing import photos
+    from geosleuth.testing.synthetic import synthetic_photo
+
+    folder = tmp_path / "many"
+    for i in range(24):
+        photos.write_photo(folder / f"p{i:02d}.png", image=synthetic_photo("KE", seed=i))
+    killed: list[int] = []
+
+    def kill_a_worker(_result) -> None:  # after the first committed shard: SIGKILL one actor process
+        if killed:
+            return
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = cmdline.read_bytes()
+            except OSError:  # the process ended meanwhile
+                continue
+            if b"MapBatches(LocateActor)" in title:  # Ray names actor processes after their class
+                pid = int(cmdline.parent.name)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+
+    out = tmp_path / "r.jsonl"
+    summary = run_ray_batch(read_batch_input(folder).items, load_config(ray_config), out,
+                            options=RayBatchOptions(actors=2, shard_size=2), on_result=kill_a_worker)
+    assert killed, "no actor process was found to kill"
+    assert sorted(r["id"] for r in rows(out)) == [f"p{i:02d}.png" for i in range(24)]
+    assert summary.ok == 24
