@@ -11,7 +11,8 @@ Pipeline (one Ray Data dataset, streamed)::
       -> driver: commits each finished shard to the results file
 
 The results file is the local engine's (``agent/batch.py``: same lines, same resume rules, the same
-lock), written only by the driver: a shard's lines go out in one write followed by fsync, and a line
+lock), mirrored as Parquet shards (``agent/batch_parquet.py``: ``results.parquet/``), written only by
+the driver: a shard's lines go out in one write followed by fsync, and a line
 is done once it is complete on disk. A SIGKILL of the driver leaves at most a half-written last
 line, which ``--resume`` removes; a killed worker's shard was never written, and Ray Data re-runs it.
 So a photo is never recorded twice and at most the photos in flight are lost. Image paths must be
@@ -40,6 +41,7 @@ from geosleuth.agent.batch import (
     locate_one,
     open_results,
 )
+from geosleuth.agent.batch_parquet import ParquetMirror
 from geosleuth.config import Config
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import Prediction
@@ -172,6 +174,7 @@ def run_ray_batch(
         write, done,
     ):
         pending = [item for item in item_list if item.id not in done]
+        mirror = ParquetMirror(out)
         if on_start is not None:
             on_start(summary)
         started = time.perf_counter()
@@ -179,7 +182,7 @@ def run_ray_batch(
             if pending:
                 with ray_session(options.address, num_cpus=options.local_cpus) as ray:
                     for shard in _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors):
-                        _commit(shard, write, summary, on_result, on_trace)
+                        _commit(shard, write, mirror, summary, on_result, on_trace)
         except Exception as exc:
             cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
             if isinstance(cause, fatal_errors):
@@ -225,17 +228,20 @@ def _shards(
 
 
 def _commit(
-    shard: dict[str, Any], write: Callable[[bytes], None], summary: BatchSummary, on_result: ResultCallback | None,
-    on_trace: TraceCallback | None,
+    shard: dict[str, Any], write: Callable[[bytes], None], mirror: ParquetMirror, summary: BatchSummary,
+    on_result: ResultCallback | None, on_trace: TraceCallback | None,
 ) -> None:
-    """Traces first, then the shard's lines in one write: a line on disk means the image is done."""
+    """Traces first, then the shard's lines in one write (a line on disk means the image is done),
+    then their Parquet part."""
     rows = [dict(zip(shard, values, strict=True)) for values in zip(*shard.values(), strict=True)]
     results = [_result_from_row(row) for row in rows]
     if on_trace is not None:
         for row, result in zip(rows, results, strict=True):
             if row["trace"]:
                 on_trace(result.item, row["trace"])
-    write("".join(row["line"] for row in rows).encode("utf-8"))
+    lines = "".join(row["line"] for row in rows).encode("utf-8")
+    write(lines)
+    mirror.append(lines)
     for result in results:
         summary.add(result)
         if on_result is not None:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from geosleuth.agent.batch import read_batch_input, run_batch
@@ -42,6 +43,12 @@ def test_ray_engine_gives_the_local_engines_predictions(ray_cluster, ray_photos,
     run_batch(items, lambda item: geo.alocate(item.path), local_out)
     summary = run_ray_batch(items, config, ray_out, options=RayBatchOptions(actors=2, shard_size=3))
 
+    parquet = pd.read_parquet(ray_out.with_suffix(".parquet"))
+    assert sorted(parquet["id"]) == sorted(r["id"] for r in rows(ray_out))
+    in_parquet = zip(parquet["id"], parquet["prediction"], strict=True)
+    assert {i: json.loads(p) for i, p in in_parquet if isinstance(p, str)} == {
+        r["id"]: r["prediction"] for r in rows(ray_out) if "prediction" in r
+    }
     local = {r["id"]: comparable(r) for r in rows(local_out)}
     remote = {r["id"]: comparable(r) for r in rows(ray_out)}
     assert len(rows(ray_out)) == len(items) == 9
@@ -106,6 +113,7 @@ def test_sigkilled_driver_loses_only_photos_in_flight_and_resume_duplicates_none
     after = [r["id"] for r in rows(out)]
     assert sorted(after) == [f"p{i:02d}.png" for i in range(48)]  # each exactly once
     assert after[: len(before)] == before  # committed lines were kept, not redone
+    assert sorted(pd.read_parquet(out.with_suffix(".parquet"))["id"]) == sorted(after)  # the Parquet shards too
 
 
 def test_a_setup_error_in_the_actors_stops_the_run_and_names_the_problem(

@@ -1,0 +1,58 @@
+"""The Parquet mirror of a results file holds each of its lines exactly once, whatever happened to the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from geosleuth.agent.batch_parquet import ParquetMirror, parquet_dir
+
+
+def line(i: int, ok: bool = True) -> bytes:
+    row = ({"id": f"p{i}", "path": f"/x/p{i}.jpg",
+            "prediction": {"image": {"path": f"/x/p{i}.jpg"}, "lat": 10.0 + i, "lon": -20.0 - i}} if ok
+           else {"id": f"p{i}", "path": f"/x/p{i}.jpg", "error": "cannot read", "error_type": "ImageLoadError"})
+    return (json.dumps(row) + "\n").encode()
+
+
+def mirrored(results: Path) -> pd.DataFrame:
+    return pd.read_parquet(parquet_dir(results)).sort_values("id").reset_index(drop=True)
+
+
+def commit(results: Path, mirror: ParquetMirror | None, data: bytes) -> None:
+    with results.open("ab") as handle:
+        handle.write(data)
+    if mirror is not None:
+        mirror.append(data)
+
+
+def test_parts_follow_commits_and_reopening_fills_what_a_killed_driver_left_out(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.touch()
+    mirror = ParquetMirror(results)
+    commit(results, mirror, line(0) + line(1, ok=False))
+    commit(results, mirror, line(2))
+    commit(results, None, line(3))  # the driver died after the JSONL write, before the part
+    frame = mirrored(results)
+    assert frame["id"].tolist() == ["p0", "p1", "p2"]
+    assert frame["lat"].tolist()[::2] == [10.0, 12.0] and frame["error_type"][1] == "ImageLoadError"
+    assert json.loads(frame["prediction"][2])["lon"] == -22.0
+
+    ParquetMirror(results)  # a resumed run
+    assert mirrored(results)["id"].tolist() == ["p0", "p1", "p2", "p3"]
+
+
+def test_a_rewritten_or_truncated_file_gets_a_fresh_mirror(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.touch()
+    mirror = ParquetMirror(results)
+    for i in range(4):
+        commit(results, mirror, line(i, ok=i != 1))
+    results.write_bytes(line(0) + line(2) + line(3))  # --retry-errors dropped p1's error line
+    ParquetMirror(results)
+    assert mirrored(results)["id"].tolist() == ["p0", "p2", "p3"]
+    results.write_bytes(b"")  # --overwrite
+    ParquetMirror(results)
+    assert list(parquet_dir(results).iterdir()) == []
