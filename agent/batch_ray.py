@@ -52,9 +52,9 @@ TraceCallback = Callable[[BatchItem, str], None]
 
 @dataclass(frozen=True)
 class RayBatchOptions:
-    """How the Ray engine runs: ``address`` of a running cluster (None: a local Ray instance on
-    127.0.0.1), ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs),
-    images per committed ``shard_size``, images in flight per actor (``concurrency``)."""
+    """How the Ray engine runs: ``address`` of a running cluster (None: a local Ray instance),
+    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), images per
+    committed ``shard_size``, images in flight per actor (``concurrency``)."""
 
     address: str | None = None
     actors: int | None = None

@@ -34,7 +34,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     - already connected (``ray.init`` was called by the caller, e.g. a notebook or a test): used as is,
       and left open;
     - ``address`` (``HOST:PORT`` of a running cluster's GCS, or ``auto``): connect, disconnect at the end;
-    - neither: start a local Ray instance on 127.0.0.1 (``num_cpus``: default all cores), stop it at the end.
+    - neither: start a local Ray instance (``num_cpus``: default all cores), stop it at the end.
 
     Token authentication (on by default in Ray 2.60) reads ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``
     or ``~/.ray/auth_token``, as Ray documents; nothing here logs or stores the token.
@@ -48,7 +48,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+        # A local instance: Ray still opens its ports on every interface (ray.init has no loopback-only
+        # mode; it maps 127.0.0.1 to the node's address), so its token authentication is what guards them.
+        kwargs["num_cpus"] = num_cpus
     # Ray's usage-stats prompt and upload: never from a library call.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:

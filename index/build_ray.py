@@ -32,7 +32,7 @@ from geosleuth.index.store import EncoderIdentity
 
 @dataclass(frozen=True)
 class RayBuildOptions:
-    """``address`` of a running cluster (None: a local Ray instance on 127.0.0.1); ``actors`` in the
+    """``address`` of a running cluster (None: a local Ray instance); ``actors`` in the
     pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs); image-loading threads per actor."""
 
     address: str | None = None
