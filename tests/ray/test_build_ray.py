@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from geosleuth.cli import app
@@ -48,3 +49,33 @@ def test_ray_build_makes_the_local_builds_store(ray_cluster, tiny_clip_dir, tmp_
     assert ray_built[2] == local[2]
     info = runner.invoke(app, ["index", "info", str(stores["ray"]), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout)["count"] == 11
+
+
+def test_ray_resume_embeds_only_the_missing_shards_and_gives_the_whole_store(ray_cluster, tiny_clip_dir, tmp_path):
+    from geosleuth.config import EncoderConfig
+    from geosleuth.index.build import build_store
+    from geosleuth.index.build_ray import RayBuildOptions, ray_shard_engine
+    from geosleuth.index.encoders import create_image_encoder
+    from geosleuth.index.sources import TableSource
+    from geosleuth.index.store import EncoderIdentity
+    from geosleuth.testing.synthetic import make_synthetic_gallery
+
+    source = TableSource(make_synthetic_gallery(tmp_path / "gallery", n_per_country=3, countries=("FR", "JP", "BR")))
+    settings = EncoderConfig(image_model=str(tiny_clip_dir), device="cpu")
+    encoder = create_image_encoder(settings)
+    build_store(source, tmp_path / "whole", encoder=encoder, shard_size=2)
+
+    class Crash(Exception):
+        pass
+
+    def crash(shard: int) -> None:
+        raise Crash
+
+    engine = ray_shard_engine(settings, EncoderIdentity.of(encoder), RayBuildOptions(actors=2))
+    with pytest.raises(Crash):  # the driver stops after committing its first shard
+        build_store(source, tmp_path / "resumed", encoder=encoder, shard_size=2, engine=engine, after_shard=crash)
+    report = build_store(source, tmp_path / "resumed", encoder=encoder, shard_size=2, engine=engine, resume=True)
+    assert (report.reused, report.encoded) == (2, 7)
+    whole, resumed = store_contents(tmp_path / "whole"), store_contents(tmp_path / "resumed")
+    np.testing.assert_array_equal(resumed[1], whole[1])
+    assert resumed[2] == whole[2]
