@@ -22,8 +22,8 @@ readable on every node (a shared file system); traces come back to the driver an
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -104,10 +104,10 @@ class LocateActor:
         outcomes = self._loop.run_until_complete(self._run(items))
         return {
             "id": [r.item.id for r, _ in outcomes],
-            "path": [r.item.path for r, _ in outcomes],
-            "line": [r.to_json_line().decode("utf-8") for r, _ in outcomes],
+            # The BatchResult itself (pickled: it holds a Prediction), so the driver writes the very
+            # line the local engine would, with BatchResult.to_json_line.
+            "result": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r, _ in outcomes],
             "trace": [t for _, t in outcomes],
-            "duration_s": [r.duration_s for r, _ in outcomes],
         }
 
     async def _run(self, items: list[BatchItem]) -> list[tuple[BatchResult, str]]:
@@ -127,16 +127,6 @@ class LocateActor:
             return result, traces.pop(item.id, "")
 
         return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-def _result_from_row(row: dict[str, Any]) -> BatchResult:
-    """The driver's view of an actor's line: the same BatchResult the local engine counts."""
-    data = json.loads(row["line"])
-    item = BatchItem(str(row["id"]), str(row["path"]))
-    duration = float(row["duration_s"])
-    if isinstance(data.get("prediction"), dict):
-        return BatchResult(item, Prediction.model_validate(data["prediction"]), duration_s=duration)
-    return BatchResult(item, None, data.get("error"), data.get("error_type"), duration)
 
 
 def run_ray_batch(
@@ -204,7 +194,7 @@ def _shards(
     ray: Any, pending: Sequence[BatchItem], config: Config, options: RayBatchOptions, top_k: int | None,
     with_trace: bool, fatal_errors: tuple[type[BaseException], ...],
 ) -> Iterable[dict[str, Any]]:
-    """The Ray Data pipeline; yields each finished shard (columns id, path, line, trace, duration_s)."""
+    """The Ray Data pipeline; yields each finished shard (columns id, result, trace)."""
     from geosleuth.ray_session import default_actors, gpus_per_actor
 
     actors = options.actors or default_actors(ray, options.cpus_per_actor)
@@ -233,13 +223,12 @@ def _commit(
 ) -> None:
     """Traces first, then the shard's lines in one write (a line on disk means the image is done),
     then their Parquet part."""
-    rows = [dict(zip(shard, values, strict=True)) for values in zip(*shard.values(), strict=True)]
-    results = [_result_from_row(row) for row in rows]
+    results: list[BatchResult] = [pickle.loads(payload) for payload in shard["result"]]
     if on_trace is not None:
-        for row, result in zip(rows, results, strict=True):
-            if row["trace"]:
-                on_trace(result.item, row["trace"])
-    lines = "".join(row["line"] for row in rows).encode("utf-8")
+        for result, trace in zip(results, shard["trace"], strict=True):
+            if trace:
+                on_trace(result.item, trace)
+    lines = b"".join(result.to_json_line() for result in results)
     write(lines)
     mirror.append(lines)
     for result in results:
