@@ -76,6 +76,16 @@ def test_cli_engine_ray_writes_results_traces_and_exports(ray_cluster, ray_photo
     assert written == {r["prediction"]["trace_id"] for r in by_id.values() if "prediction" in r}
     assert len(out.with_suffix(".csv").read_text().splitlines()) == 10
 
+    (ray_photos / "broken.jpg").rename(tmp_path / "kept.jpg")  # fixed: now a readable photo
+    try:
+        (ray_photos / "broken.jpg").write_bytes((ray_photos / "jp1.png").read_bytes())
+        again = CliRunner().invoke(app, [*args[:-2], "--resume", "--retry-errors"], env={"COLUMNS": "200"})
+    finally:
+        (tmp_path / "kept.jpg").rename(ray_photos / "broken.jpg")
+    assert again.exit_code == 0, again.output
+    assert re.search(r"retried\s+1 image", again.stdout) and re.search(r"located this run\s+1\s*\n", again.stdout)
+    assert sorted(r["id"] for r in rows(out)) == sorted(by_id) and "prediction" in rows(out)[-1]
+
     assert CliRunner().invoke(app, ["batch", str(ray_photos), "--out", str(out), "--address", "x:1"]).exit_code == 2
 
 
