@@ -152,8 +152,9 @@ def run_ray_batch(
     asked for when given). A ``fatal_errors`` exception in an actor stops the run with
     :class:`BatchAborted`; committed lines stay.
     """
-    from geosleuth.ray_session import ray_session, unwrap_task_error
+    from geosleuth.ray_session import import_ray, ray_session, unwrap_task_error
 
+    import_ray()  # fails (saying how to install Ray) before anything is written
     options = options or RayBatchOptions()
     item_list = list(items)
     out = Path(out_path)

@@ -168,3 +168,16 @@ def test_a_sigkilled_worker_loses_nothing_and_duplicates_nothing(ray_cluster, ra
     assert killed, "no actor process was found to kill"
     assert sorted(r["id"] for r in rows(out)) == [f"p{i:02d}.png" for i in range(24)]
     assert summary.ok == 24
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(ray_photos, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from geosleuth.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as without the extra
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(app, ["batch", str(ray_photos), "--out", str(out), "--engine", "ray"])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'geosleuth[ray]'" in result.output
+    assert not out.exists()
