@@ -173,7 +173,7 @@ def run_ray_batch(
             if pending:
                 with ray_session(options.address, num_cpus=options.local_cpus) as ray:
                     for shard in _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors):
-                        _commit(shard, write, mirror, summary, on_result, on_trace)
+                        _commit(shard, write, mirror, done, summary, on_result, on_trace)
         except Exception as exc:
             cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
             if isinstance(cause, fatal_errors):
@@ -219,16 +219,25 @@ def _shards(
 
 
 def _commit(
-    shard: dict[str, Any], write: Callable[[bytes], None], mirror: ParquetMirror, summary: BatchSummary,
-    on_result: ResultCallback | None, on_trace: TraceCallback | None,
+    shard: dict[str, Any], write: Callable[[bytes], None], mirror: ParquetMirror, done: set[str],
+    summary: BatchSummary, on_result: ResultCallback | None, on_trace: TraceCallback | None,
 ) -> None:
     """Traces first, then the shard's lines in one write (a line on disk means the image is done),
-    then their Parquet part."""
-    results: list[BatchResult] = [pickle.loads(payload) for payload in shard["result"]]
+    then their Parquet part. ``done``: ids in the file; a result for one of them (a shard delivered
+    twice by a retry) is dropped, so no id is ever written twice whatever Ray does."""
+    results: list[BatchResult] = []
+    for payload in shard["result"]:
+        result: BatchResult = pickle.loads(payload)
+        if result.item.id not in done:
+            done.add(result.item.id)
+            results.append(result)
+    if not results:
+        return
     if on_trace is not None:
-        for result, trace in zip(results, shard["trace"], strict=True):
-            if trace:
-                on_trace(result.item, trace)
+        traces = dict(zip(shard["id"], shard["trace"], strict=True))
+        for result in results:
+            if traces.get(result.item.id):
+                on_trace(result.item, traces[result.item.id])
     lines = b"".join(result.to_json_line() for result in results)
     write(lines)
     mirror.append(lines)
