@@ -56,3 +56,27 @@ def test_a_rewritten_or_truncated_file_gets_a_fresh_mirror(tmp_path):
     results.write_bytes(b"")  # --overwrite
     ParquetMirror(results)
     assert list(parquet_dir(results).iterdir()) == []
+
+
+def test_a_shard_delivered_twice_is_committed_once(tmp_path):
+    import pickle
+
+    from geosleuth.agent.batch import BatchItem, BatchResult, BatchSummary
+    from geosleuth.agent.batch_ray import _commit
+    from geosleuth.types import ImageRef, Prediction
+
+    results = [BatchResult(BatchItem(f"p{i}", f"/x/p{i}.jpg"), Prediction(image=ImageRef(path=f"/x/p{i}.jpg"),
+                                                                         lat=1.0 + i, lon=2.0)) for i in range(3)]
+    shard = {"id": [r.item.id for r in results], "result": [pickle.dumps(r) for r in results], "trace": [""] * 3}
+    out = tmp_path / "r.jsonl"
+    out.touch()
+    mirror, done, summary = ParquetMirror(out), {"p0"}, BatchSummary(out)  # p0 was committed by an earlier run
+
+    def write(data: bytes) -> None:
+        with out.open("ab") as handle:
+            handle.write(data)
+
+    _commit(shard, write, mirror, done, summary, None, None)
+    _commit(shard, write, mirror, done, summary, None, None)  # e.g. a retried task delivering it again
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["p1", "p2"]
+    assert mirrored(out)["id"].tolist() == ["p1", "p2"] and summary.ok == 2
