@@ -53,6 +53,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         kwargs["num_cpus"] = num_cpus
     # Ray's usage-stats prompt and upload: never from a library call.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray 2.60 logs a warning each time it turns its default token authentication on; docs/ray.md says so once.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -78,6 +80,7 @@ def configure_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
 
 
 def gpus_per_actor(ray: Any) -> float:
