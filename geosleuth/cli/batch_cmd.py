@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from geosleuth.types import Prediction
 
 
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class ExportChoice(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
@@ -150,6 +155,12 @@ def batch(
     ),
     trace_dir: Path | None = typer.Option(None, "--trace-dir", help="write one trace JSON per image here"),
     top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="alternatives per image"),
+    engine: EngineChoice = typer.Option(
+        EngineChoice.local, "--engine", help="local: this process; ray: a Ray Data pipeline (docs/ray.md)"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="with --engine ray: the Ray cluster (HOST:PORT or auto; default: a local Ray)"
+    ),
 ) -> None:
     """Locate many images; results go to a JSONL file line by line, so a stopped run can --resume.
 
@@ -171,6 +182,9 @@ def batch(
         if given and not resume:
             err_console().print(f"[bold red]error:[/] {flag} needs --resume", highlight=False)
             raise typer.Exit(EXIT_USAGE)
+    if address is not None and engine is not EngineChoice.ray:
+        err_console().print("[bold red]error:[/] --address needs --engine ray", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
 
     err = err_console()
     with user_errors():
@@ -199,11 +213,12 @@ def batch(
         if batch_input.ignored_files:
             err.print(f"{batch_input.ignored_files} non-image file(s) in {source} ignored", highlight=False,
                       markup=False)
-        geo = common.open_geolocator(ctx)
+        geo = common.open_geolocator(ctx) if engine is EngineChoice.local else None
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)
 
         async def locate_one(item: BatchItem) -> Prediction:
+            assert geo is not None
             if trace_dir is None:
                 return await geo.alocate(item.path, top_k=top_k)
             prediction, trace = await geo.alocate_with_trace(item.path, top_k=top_k)
@@ -236,6 +251,7 @@ def batch(
         run_summary = BatchSummary(out)
 
         async def run() -> BatchSummary:
+            assert geo is not None
             try:
                 # Models load and the VLM server answers one request before the clock starts.
                 with err.status("loading models and checking the VLM ..."):
@@ -250,10 +266,29 @@ def batch(
             finally:
                 await geo.aclose()
 
+        def run_on_ray() -> BatchSummary:
+            from geosleuth.agent.batch.ray_engine import RayBatchOptions, run_ray_batch
+
+            def on_trace(item: BatchItem, trace_json: str) -> None:
+                assert trace_dir is not None
+                atomic_write_text(trace_dir / trace_file_name(item.id), trace_json)
+
+            with progress:
+                return run_ray_batch(
+                    batch_input.items, config, out, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
+                    top_k=top_k,
+                    options=RayBatchOptions(address=address, concurrency=concurrency or 2 * config.vlm.concurrency),
+                    on_start=on_start, on_result=on_result, on_trace=on_trace if trace_dir is not None else None,
+                    fatal_errors=fatal_errors(), summary=run_summary,
+                )
+
         stopped: str | None = None
         exit_code = 0
         try:
-            asyncio.run(run())
+            if geo is None:
+                run_on_ray()
+            else:
+                asyncio.run(run())
         except KeyboardInterrupt:
             run_summary.interrupted = True
             stopped = "interrupted: finished images are in the results file; re-run with --resume"
