@@ -184,6 +184,7 @@ class CandidateSource(str, Enum):
     GPS_GALLERY = "gps-gallery"
     VLM = "vlm"
     USER = "user"
+    OCR = "ocr"  # a place named in text read in the photo
 
 
 class Candidate(_Record):
@@ -423,3 +424,49 @@ class ProgressEvent(_Record):
     tokens: int | None = Field(None, ge=0)
     token_budget: int | None = Field(None, ge=0)
     error: str | None = None
+# --- Text in the photo (perceive's OCR), as evidence -------------------------------------------------------------
+
+
+class TextRegion(_Record):
+    """One line of text read in the photo. ``box`` is (x0, y0, x1, y1) in the perceived image's pixels."""
+
+    text: str
+    confidence: float = Field(ge=0.0, le=1.0)  # the recogniser's own score
+    box: tuple[float, float, float, float]
+
+
+class LanguageGuess(_Record):
+    language: str  # ISO 639-1 code, e.g. "pt"
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class PlaceMatch(_Record):
+    """A gazetteer place whose name was read in the photo."""
+
+    text: str  # the words read, as read
+    name: str  # the place's GeoNames name
+    matched_name: str  # which of its names matched (e.g. "Lisboa" for Lisbon)
+    geonameid: int
+    country_code: str
+    lat: float
+    lon: float
+    population: int
+    similarity: float = Field(ge=0.0, le=1.0)  # 1.0 = exact (after case/accent folding); less = fuzzy match
+    weight: float = Field(ge=0.0, le=1.0)  # share among the places that carry the same name (by population)
+
+    @model_validator(mode="after")
+    def _validate(self) -> PlaceMatch:
+        self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
+        return self
+
+
+class TextEvidence(_Record):
+    """What the text in the photo says about where it is: lines read, scripts, languages, a soft country prior
+    (ISO alpha-2 -> probability; empty when the text says nothing) and gazetteer places named in it."""
+
+    regions: list[TextRegion] = Field(default_factory=list)
+    scripts: list[str] = Field(default_factory=list)  # Unicode script names, most letters first
+    languages: list[LanguageGuess] = Field(default_factory=list)
+    country_prior: dict[str, float] = Field(default_factory=dict)
+    places: list[PlaceMatch] = Field(default_factory=list)
+    reader: str | None = None  # which OCR model read it
