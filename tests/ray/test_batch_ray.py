@@ -83,7 +83,7 @@ def test_cli_engine_ray_writes_results_traces_and_exports(ray_cluster, ray_photo
     finally:
         (tmp_path / "kept.jpg").rename(ray_photos / "broken.jpg")
     assert again.exit_code == 0, again.output
-    assert re.search(r"retried\s+1 image", again.stdout) and re.search(r"located this run\s+1\s*\n", again.stdout)
+    assert re.search(r"retried\s+1 error image", again.stdout) and re.search(r"located this run\s+1\s*\n", again.stdout)
     assert sorted(r["id"] for r in rows(out)) == sorted(by_id) and "prediction" in rows(out)[-1]
 
     assert CliRunner().invoke(app, ["batch", str(ray_photos), "--out", str(out), "--address", "x:1"]).exit_code == 2
