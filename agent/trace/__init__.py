@@ -13,7 +13,7 @@ reads :class:`geosleuth.types.RunSummary` instead of parsing trace JSON. This pa
 from geosleuth.agent.trace.digest import TraceDigest, digest, fmt_coord, osm_link
 from geosleuth.agent.trace.html_page import html_file_name, trace_html
 from geosleuth.agent.trace.io import LoadedTrace, load_traces, select_trace
-from geosleuth.agent.trace.svg_map import MapPoint, land_cells, map_points, map_svg, zoom_bounds
+from geosleuth.agent.trace.svg_map import MapPoint, load_basemap, map_points, map_svg, zoom_bounds
 from geosleuth.agent.trace.terminal import MAX_LISTED_GPS, MAX_LISTED_NEIGHBORS, trace_tree
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
     "digest",
     "fmt_coord",
     "html_file_name",
-    "land_cells",
+    "load_basemap",
     "load_traces",
     "map_points",
     "map_svg",

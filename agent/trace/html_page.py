@@ -8,11 +8,15 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geosleuth.agent.trace.digest import cluster_rows, digest, fmt_coord, hypothesis_place, osm_link, score_names
 from geosleuth.agent.trace.svg_map import MAP_STYLE, map_points, map_svg, zoom_bounds
 from geosleuth.geo import geodesic_km
 from geosleuth.types import Trace
+
+if TYPE_CHECKING:
+    from geosleuth.geo.boundaries import CountryBoundaries
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;
@@ -51,7 +55,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Seque
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def trace_html(trace: Trace, *, land: Sequence[tuple[float, float, float]] = (), title: str | None = None) -> str:
+def trace_html(trace: Trace, *, land: CountryBoundaries | None = None, title: str | None = None) -> str:
     """One self-contained HTML page for ``trace`` (every piece of text from the trace is escaped)."""
     esc = html.escape
     d = digest(trace)

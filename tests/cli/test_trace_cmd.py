@@ -99,6 +99,13 @@ def test_html_page_is_self_contained_with_an_svg_map_and_escaped_text(trace_file
     xs = [float(p.split(",")[0]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     ys = [float(p.split(",")[1]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     assert abs(sum(xs) / len(xs) - (180 - 8.62) * 2) < 2 and abs(sum(ys) / len(ys) - (90 - 41.15) * 2) < 2
+    # Land and borders from the geocoder's own boundary data, on both maps; the zoomed one around Porto
+    # shows Portugal and Spain and not far-away countries.
+    countries = [t.text for t in world.iter(f"{ns}title")]
+    assert "Portugal" in countries and "Australia" in countries and len(countries) > 150
+    zoom = ET.fromstring(svgs[1])
+    zoomed = {t.text for t in zoom.find(f"{ns}g[@class='basemap']").iter(f"{ns}title")}
+    assert {"Portugal", "Spain"} <= zoomed and "Australia" not in zoomed
 
     # Each cluster's evidence per source, and the calibrated per-level probabilities.
     assert "Clusters, heaviest first: evidence per source (1)" in text
