@@ -89,6 +89,8 @@ class GeoAnswer(BaseModel):
             raise ValueError("give both latitude and longitude, or neither (null both when you cannot tell)")
         if self.latitude is None and not (self.cannot_tell_because or "").strip():
             raise ValueError("a null coordinate needs cannot_tell_because: say why the place cannot be told")
+        if self.latitude is not None:
+            self.cannot_tell_because = None  # a reason beside a coordinate is no abstention
         return self
 
 
@@ -132,11 +134,29 @@ def _make_strict(node: Any) -> Any:
     return out
 
 
+def _without_null(node: dict[str, Any]) -> dict[str, Any]:
+    options = [option for option in node.get("anyOf", [node]) if option.get("type") != "null"]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _coordinate_or_reason(strict: dict[str, Any]) -> dict[str, Any]:
+    """Two shapes, so that constrained decoding can only write what :class:`GeoAnswer` accepts: an
+    answer (both coordinates, no reason) or an abstention (both null, a reason). One object with
+    independently nullable fields let a random model write a latitude with a null longitude."""
+    props = strict["properties"]
+    answer = {**props, "latitude": _without_null(props["latitude"]), "longitude": _without_null(props["longitude"]),
+              "cannot_tell_because": {"type": "null"}}
+    reason = {**_without_null(props["cannot_tell_because"]), "minLength": 1}
+    abstention = {**props, "latitude": {"type": "null"}, "longitude": {"type": "null"}, "cannot_tell_because": reason}
+    return {"anyOf": [{**strict, "properties": answer}, {**strict, "properties": abstention}]}
+
+
 def answer_json_schema() -> dict[str, Any]:
-    """GeoAnswer as a strict-mode JSON schema (a fresh dict on every call; callers may keep it)."""
+    """GeoAnswer as a strict JSON schema (a fresh dict on every call; callers may keep it): every object
+    closed, every property required, and the coordinate-or-reason rule as two alternative objects."""
     raw = GeoAnswer.model_json_schema()
     raw.pop("description", None)  # the class docstring is for developers, not for the model
-    return _make_strict(_inline_refs(raw, raw.get("$defs", {})))
+    return _coordinate_or_reason(_make_strict(_inline_refs(raw, raw.get("$defs", {}))))
 
 
 def _skeleton(node: dict[str, Any]) -> str:
@@ -157,8 +177,14 @@ def _skeleton(node: dict[str, Any]) -> str:
 
 
 def answer_skeleton() -> str:
-    """A compact one-line picture of the JSON answer, derived from the schema, for prompts."""
-    return _skeleton(answer_json_schema())
+    """A compact picture of the JSON answer, derived from the schema, for prompts: the answer's shape,
+    then how an abstention differs from it."""
+    answer, abstention = answer_json_schema()["anyOf"]
+    differs = ", ".join(
+        f'"{name}": {_skeleton(sub)}' for name, sub in abstention["properties"].items()
+        if sub != answer["properties"][name]
+    )
+    return f"{_skeleton(answer)} -- or, when you cannot tell: the same with {differs}"
 
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)

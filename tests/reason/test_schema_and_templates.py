@@ -27,22 +27,25 @@ def test_schema_is_strict_mode_compatible() -> None:
     text = json.dumps(schema)
     assert "$ref" not in text and "$defs" not in text  # inlined: some servers do not resolve refs
     objects = list(_objects(schema))
-    assert len(objects) == 2  # the answer and a clue
+    assert len(objects) == 4  # an answer or an abstention, each with its clue object
     for obj in objects:
         assert obj["additionalProperties"] is False
         assert sorted(obj["required"]) == sorted(obj["properties"])
-    props = schema["properties"]
-    assert list(props) == [
-        "clues", "continent", "country", "region", "city", "latitude", "longitude", "confidence",
-        "cannot_tell_because",
-    ]  # reasoning order: clues before the coordinate
-
-    def number(prop: dict) -> dict:  # a coordinate is a bounded number or null (the model may abstain)
-        assert {"type": "null"} in prop["anyOf"]
-        return next(option for option in prop["anyOf"] if option.get("type") == "number")
-
-    assert (number(props["latitude"])["minimum"], number(props["latitude"])["maximum"]) == (-90, 90)
-    assert (number(props["longitude"])["minimum"], number(props["longitude"])["maximum"]) == (-180, 180)
+    answer, abstention = schema["anyOf"]
+    for variant in (answer, abstention):
+        assert list(variant["properties"]) == [
+            "clues", "continent", "country", "region", "city", "latitude", "longitude", "confidence",
+            "cannot_tell_because",
+        ]  # reasoning order: clues before the coordinate
+    props = answer["properties"]
+    # An answer has both coordinates and no reason; an abstention neither coordinate and a reason:
+    # constrained decoding can write nothing in between (a latitude with a null longitude).
+    assert (props["latitude"]["minimum"], props["latitude"]["maximum"]) == (-90, 90)
+    assert (props["longitude"]["minimum"], props["longitude"]["maximum"]) == (-180, 180)
+    assert props["cannot_tell_because"] == {"type": "null"}
+    held = abstention["properties"]
+    assert held["latitude"] == held["longitude"] == {"type": "null"}
+    assert held["cannot_tell_because"]["type"] == "string" and held["cannot_tell_because"]["minLength"] == 1
     assert (props["confidence"]["minimum"], props["confidence"]["maximum"]) == (0, 1)
 
 
@@ -87,7 +90,7 @@ def test_raw_control_characters_inside_strings_are_accepted() -> None:
 def test_over_long_text_and_extra_clues_are_clipped_not_rejected() -> None:
     data = dict(VALID, city="x" * 500, clues=[{"observation": "o" * 999, "implication": "i"}] * 20)
     answer = parse_answer(json.dumps(data))
-    schema = answer_json_schema()["properties"]
+    schema = answer_json_schema()["anyOf"][0]["properties"]
     assert len(answer.city or "") == schema["city"]["anyOf"][0]["maxLength"]
     assert len(answer.clues) == schema["clues"]["maxItems"]
     assert len(answer.clues[0].observation) == schema["clues"]["items"]["properties"]["observation"]["maxLength"]
