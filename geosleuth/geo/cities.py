@@ -118,12 +118,17 @@ class CityIndex:
         lon = np.asarray(lon, dtype=np.float64).reshape(-1)
         rows = np.full(lat.shape, -1, dtype=np.int64)
         km = np.full(lat.shape, np.nan)
-        codes = np.array([c or "" for c in country], dtype=object)
-        for code in set(codes.tolist()) - {""}:
+        codes = np.array([c or "" for c in country], dtype="U3")
+        groups, inverse = np.unique(codes, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(groups) + 1))
+        for g, code in enumerate(groups.tolist()):
+            if not code:
+                continue
             members, tree = self._group((code, *(territories or {}).get(code, ())))
             if tree is None:
                 continue  # a country without towns of >= 1000 people in GeoNames
-            sel = np.flatnonzero(codes == code)
+            sel = order[bounds[g]:bounds[g + 1]]
             chord, nearest = tree.query(unit_vectors(lat[sel], lon[sel]))
             rows[sel] = members[nearest]
             km[sel] = chord_to_km(chord)

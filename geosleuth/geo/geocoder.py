@@ -136,26 +136,35 @@ class ReverseGeocoder:
         found = np.flatnonzero(rows >= 0)
         text = {f: dict(zip(found.tolist(), cities.text(f, rows[found]), strict=True))
                 for f in ("name", "admin1", "admin2")}
+        named: dict[str | None, tuple[str | None, str | None]] = {}  # code -> (name, continent)
+
+        def naming(code: str | None) -> tuple[str | None, str | None]:
+            if code not in named:
+                named[code] = (self._names.name_of(code), self._names.continent_of(code))
+            return named[code]
+
+        coast_list = np.round(coast_km, 3).tolist()
+        town_list = np.round(town_km, 3).tolist()
         places = []
-        for i, c in enumerate(country.tolist()):
-            r = int(rows[i])
-            coast = None if np.isnan(coast_km[i]) else round(float(coast_km[i]), 3)
+        for i, (c, r) in enumerate(zip(country.tolist(), rows.tolist(), strict=True)):
+            coast = None if coast_list[i] != coast_list[i] else coast_list[i]  # NaN: inside a polygon
             if c < 0 and r < 0:
                 off = boundaries.countries[nearest[i]]
                 places.append(Place(at_sea=True, coast_km=coast, nearest_country_code=off.code,
-                                    nearest_country=self._names.name_of(off.code) or off.name))
+                                    nearest_country=naming(off.code)[0] or off.name))
                 continue
             area = boundaries.countries[c] if c >= 0 else None
             # The town's code: the polygon's own, a territory folded into it, or an islet's country.
             code = str(cities.country[r]) if r >= 0 else area.code if area else None
+            name, continent = naming(code)
             places.append(Place(
-                continent=self._names.continent_of(code) or (area.continent if area else None),
+                continent=continent or (area.continent if area else None),
                 country_code=code,
-                country=self._names.name_of(code) or (area.name if area else None),
+                country=name or (area.name if area else None),
                 admin1=text["admin1"].get(i) or None,
                 admin2=text["admin2"].get(i) or None,
                 city=text["name"].get(i) or None,
-                city_distance_km=round(float(town_km[i]), 3) if r >= 0 else None,
+                city_distance_km=town_list[i] if r >= 0 else None,
                 coast_km=coast,
             ))
         return places
