@@ -305,8 +305,9 @@ def required_stages(res: Resources) -> list[str]:
 
 
 def missing_stages(state: LocateState, res: Resources) -> list[str]:
-    """Required stages that gave this image nothing: the VLM without one usable answer, a gallery
-    that did not answer. (A GPS gallery needs a GeoCLIP embedding: without one it is not asked.)"""
+    """Required stages that gave this image nothing: the VLM without one valid answer (a point, or
+    an abstention: "cannot tell" is an answer, not an outage), a gallery that did not answer. (A GPS
+    gallery needs a GeoCLIP embedding: without one it is not asked.)"""
     retrieval = state.get("retrieval")
     sources = retrieval.sources if retrieval is not None else []
     embeddings = state.get("embeddings")
@@ -314,7 +315,7 @@ def missing_stages(state: LocateState, res: Resources) -> list[str]:
     for stage in required_stages(res):
         if stage == STAGE_VLM:
             reasoning = state.get("reasoning")
-            if reasoning is None or not reasoning.hypotheses:
+            if reasoning is None or not (reasoning.hypotheses or reasoning.abstentions):
                 missing.append(stage)
         elif stage == STAGE_GPS_GALLERY:
             if embeddings is not None and embeddings.geoclip is not None and stage not in sources:

@@ -185,6 +185,10 @@ def batch(
     if address is not None and engine is not EngineChoice.ray:
         err_console().print("[bold red]error:[/] --address needs --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)
+    if engine is EngineChoice.ray and retry_degraded:
+        err_console().print("[bold red]error:[/] --retry-degraded is not available with --engine ray yet; "
+                            "run it with the local engine", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
 
     err = err_console()
     with user_errors():
@@ -273,6 +277,10 @@ def batch(
                 assert trace_dir is not None
                 atomic_write_text(trace_dir / trace_file_name(item.id), trace_json)
 
+            from geosleuth.vlm.preflight import check_configured_server
+
+            with err.status("checking the VLM ..."):
+                asyncio.run(check_configured_server(config.vlm))  # the actors load the models themselves
             with progress:
                 return run_ray_batch(
                     batch_input.items, config, out, resume=resume, overwrite=overwrite, retry_errors=retry_errors,

@@ -39,3 +39,17 @@ async def check_server_answers(backend: VLMBackend, config: VLMConfig) -> None:
             f"answer a test request, so no photo was run. {exc} To start a server: `geosleuth vlm serve` "
             "(or point vlm.base_url at a running one); to answer from retrieval alone: --set vlm.backend=none"
         ) from exc
+
+
+async def check_configured_server(config: VLMConfig) -> None:
+    """:func:`check_server_answers` for the server ``config`` names, when it names one (vlm.backend
+    "openai"), without loading anything else: for engines whose models load elsewhere (Ray actors)."""
+    if config.backend != "openai":
+        return
+    from geosleuth.vlm.registry import create_backend
+
+    backend = create_backend(config)
+    try:
+        await check_server_answers(backend, config)
+    finally:
+        await backend.aclose()

@@ -221,3 +221,22 @@ def test_end_to_end_with_real_store_and_tiny_llava(base_config: Any, synthetic_s
     assert len(retrieve_event.outputs["dissimilar"]) == config.retrieval.k_dissimilar
     assert [e.step for e in trace.events] == list(STEPS)
     assert Trace.model_validate_json(trace.model_dump_json()) == trace
+
+
+def test_statuses_say_which_required_stage_gave_nothing(make_resources: Any, photo: Path, doubles: Any) -> None:
+    """ok when the VLM answered (a point, or "cannot tell"); degraded, naming it, when it gave nothing."""
+    paris = doubles.answer(*doubles.PARIS, country="France", continent="Europe")
+    cannot_tell = {**paris, "latitude": None, "longitude": None, "cannot_tell_because": "only sky is visible"}
+    answered = run(LocatePipeline(make_resources(backend=doubles.ScriptedVLM([paris]))), photo).prediction
+    assert (answered.status.value, answered.missing_stages) == ("ok", [])
+    abstained = run(LocatePipeline(make_resources(backend=doubles.ScriptedVLM([cannot_tell]))), photo)
+    assert (abstained.prediction.status.value, abstained.prediction.missing_stages) == ("ok", [])
+    down = run(LocatePipeline(make_resources(backend=doubles.unreachable_vlm())), photo)
+    assert (down.prediction.status.value, down.prediction.missing_stages) == ("degraded", ["vlm"])
+    decide = next(e for e in down.trace.events if e.step == "decide")
+    assert decide.outputs["status"] == "degraded" and decide.outputs["missing_stages"] == ["vlm"]
+    assert down.trace.prediction is not None and down.trace.prediction.status.value == "degraded"
+    nothing = run(LocatePipeline(make_resources(gps=False, backend=doubles.unreachable_vlm())), photo).prediction
+    assert (nothing.status.value, nothing.missing_stages) == ("failed", ["vlm"])
+    no_vlm = run(LocatePipeline(make_resources()), photo).prediction  # vlm.backend = none: nothing is missing
+    assert (no_vlm.status.value, no_vlm.missing_stages) == ("ok", [])

@@ -87,7 +87,11 @@ def test_no_server_running_stops_batch_and_locate_before_the_first_photo(
     photos = _photos(tmp_path / "photos", 3)
     out = tmp_path / "r.jsonl"
     flags = ["-c", str(config), "--set", f"vlm.base_url={closed_port_url}"]
-    for command in (["batch", str(photos), "--out", str(out)], ["locate", str(photos / "p0.jpg")]):
+    for command in (
+        ["batch", str(photos), "--out", str(out)],
+        ["batch", str(photos), "--out", str(out), "--engine", "ray"],  # checked before any Ray actor starts
+        ["locate", str(photos / "p0.jpg")],
+    ):
         result = runner.invoke(app, [*flags, *command])
         assert result.exit_code == 4, result.output
         message = " ".join(result.stderr.split())
