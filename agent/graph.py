@@ -497,6 +497,7 @@ class LocatePipeline:
             rejected=list(final.get("rejected", [])),
             hypotheses=list(reasoning.hypotheses) if reasoning is not None else [],
             reasoning_failures=list(reasoning.failures) if reasoning is not None else [],
+            abstentions=list(reasoning.abstentions) if reasoning is not None else [],
             constraints=[c.label for c in final.get("constraints", [])],
             reused_answers=reasoning is not None and final.get("prior_reasoning") is not None,
         )

@@ -81,6 +81,8 @@ class FollowupLimits:
     clues_per_hypothesis: int = 2
     clues: int = 5  # the prediction's supporting clues
     failures: int = 3
+    clusters: int = 4  # places the fusion weighed, heaviest first
+    abstentions: int = 2
     text_chars: int = 120  # any one quoted text (clue, place, error)
 
 
@@ -517,6 +519,24 @@ def _hypotheses_by_variant(hypotheses: Sequence[Hypothesis], limits: FollowupLim
     return [{"variant": _clip(variant, limits.text_chars), "answers": answers} for variant, answers in rows.items()]
 
 
+def _cluster_rows(prediction: Prediction, limits: FollowupLimits) -> list[dict[str, Any]]:
+    """The places the fusion weighed, heaviest first: centre, place, share of the evidence, and
+    each source's share of its own evidence that falls there."""
+    if prediction.evidence is None:
+        return []
+    return [
+        {
+            "lat": c.lat,
+            "lon": c.lon,
+            "place": _clip(c.place.hierarchy(), limits.text_chars) if c.place else None,
+            "posterior": c.posterior,
+            "sources": [{"name": _clip(e.source, limits.text_chars), "mass": e.mass, "count": e.items}
+                        for e in c.sources if e.items],
+        }
+        for c in prediction.evidence.clusters[: limits.clusters]
+    ]
+
+
 def _run_rows(summary: RunSummary, limits: FollowupLimits) -> dict[str, Any]:
     """What the follow-up prompt quotes about how the result was reached, besides its candidates:
     the VLM's answers per variant, the sources used, the user's constraints and what failed, each
@@ -531,6 +551,10 @@ def _run_rows(summary: RunSummary, limits: FollowupLimits) -> dict[str, Any]:
         "sources": [_clip(s, limits.text_chars) for s in prediction.sources_used],
         "constraints": [_clip(c, limits.text_chars) for c in summary.constraints],
         "rejected_total": len(summary.rejected),
+        "clusters": _cluster_rows(prediction, limits),
+        "clusters_total": len(prediction.evidence.clusters) if prediction.evidence is not None else 0,
+        "abstentions": [_clip(a.reason, limits.text_chars) for a in summary.abstentions[: limits.abstentions]],
+        "abstentions_total": len(summary.abstentions),
         "failures": [
             {"step": _clip(f.step, limits.text_chars), "error": _clip(f.error, limits.text_chars)}
             for f in failures[: limits.failures]
@@ -571,6 +595,8 @@ async def answer_followup(
         template,
         prediction=prediction,
         place=_clip(prediction.place.hierarchy(), limits.text_chars) if prediction.place else None,
+        levels=prediction.levels.summary() if prediction.levels is not None else None,
+        missing=[_clip(m, limits.text_chars) for m in prediction.missing_stages] if prediction.degraded else [],
         clues=_clue_rows(prediction.clues, limits.clues, limits),
         clues_total=len(prediction.clues),
         candidates=_candidate_rows(candidates, limits),

@@ -401,6 +401,7 @@ class RunSummary(_Record):
     rejected: list[Candidate] = Field(default_factory=list)  # candidates outside the user's constraints
     hypotheses: list[Hypothesis] = Field(default_factory=list)  # the VLM's usable answers this run relied on
     reasoning_failures: list[ReasoningFailure] = Field(default_factory=list)  # its unusable replies
+    abstentions: list[Abstention] = Field(default_factory=list)  # replies that said it cannot tell
     constraints: list[str] = Field(default_factory=list)  # the user's constraints, as labels
     reused_answers: bool = False  # the VLM was not asked again: earlier answers that fit were reused
 

@@ -69,6 +69,10 @@ def describe(prediction: Prediction) -> str:
     if prediction.confidence is not None:
         text += f", confidence {prediction.confidence:.2f}"
     text += f"; sources: {', '.join(prediction.sources_used) or 'none'}."
+    if prediction.levels is not None:
+        text += f"\n{prediction.levels.summary()}"
+    if prediction.degraded:
+        text += f"\nDegraded: answered without {', '.join(prediction.missing_stages)}."
     for failure in prediction.failures:
         text += f"\nNote ({failure.step}): {failure.error}"
     return text
@@ -152,6 +156,7 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
         prediction=prediction, candidates=list(prediction.alternatives),
         hypotheses=outcome.reasoning.hypotheses if outcome.reasoning is not None else [],
         reasoning_failures=outcome.reasoning.failures if outcome.reasoning is not None else [],
+        abstentions=outcome.reasoning.abstentions if outcome.reasoning is not None else [],
         constraints=[c.label for c in constraints],
     )
     text = describe(prediction)

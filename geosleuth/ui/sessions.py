@@ -149,19 +149,20 @@ class _StepReportingPipeline:
         prediction: Prediction | None = None
         trace: Trace | None = None
         reasoning = None
+        summary = None  # the typed RunSummary follow-up questions are answered from
         async for step, update in self._geo.astream(
             image_path, constraint=list(options.get("constraints") or ()), top_k=options.get("top_k"),
             hint=options.get("hint"),
         ):
             if step == "done":
-                prediction, trace = update["prediction"], update["trace"]
+                prediction, trace, summary = update["prediction"], update["trace"], update.get("summary")
                 continue
             if step == "reason":
                 reasoning = update.get("reasoning")  # kept: a later hint may reuse the VLM's answers
             await listener(_report(step, update.get("event"), live=True))
         if prediction is None or trace is None:  # pragma: no cover - astream always ends with "done"
             raise GeosleuthError("the locate stream ended without a prediction")
-        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning)
+        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning, summary=summary)
 
 
 @dataclass

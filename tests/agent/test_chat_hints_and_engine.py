@@ -257,3 +257,11 @@ def test_every_locate_step_is_reported_as_it_finishes(make_resources: Any, photo
             assert steps == []
 
     asyncio.run(run())
+
+
+def test_a_degraded_answer_says_so_in_the_chat(make_resources: Any, photo: Path, tmp_path: Path,
+                                               doubles: Any) -> None:
+    [opening] = _chat(make_resources(backend=doubles.unreachable_vlm()), photo, tmp_path / "s.sqlite", [])
+    assert opening.prediction is not None and opening.prediction.degraded
+    assert "Degraded: answered without vlm." in opening.text
+    assert opening.prediction.levels is not None and opening.prediction.levels.summary() in opening.text

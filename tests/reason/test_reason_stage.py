@@ -10,17 +10,22 @@ from geosleuth.agent.reason import answer_followup, plan_variants, reason
 from geosleuth.errors import ConfigError, ModelNotAvailableError, VLMError
 from geosleuth.prompts.render import load_template
 from geosleuth.types import (
+    Abstention,
     Candidate,
     CandidateSource,
     Clue,
+    ClusterEvidence,
+    FusionEvidence,
     GalleryNeighbor,
     GPSCandidate,
     Hypothesis,
     ImageRef,
+    LevelConfidence,
     Place,
     Prediction,
     RetrievalResult,
     RunSummary,
+    SourceEvidence,
     StepFailure,
 )
 from geosleuth.vlm.backends import VLMUnavailableError
@@ -353,3 +358,35 @@ def test_a_model_that_cannot_tell_abstains_instead_of_inventing_a_point(doubles,
     assert not result.failures
     assert [(a.sample_index, a.reason) for a in result.abstentions] == [(0, "only a white wall is visible")]
     assert result.abstentions[0].raw_text == cannot
+
+
+def test_followup_quotes_calibrated_levels_status_clusters_and_abstentions(doubles, image, make_config) -> None:
+    levels = LevelConfidence(country=0.81, region=0.42, city=0.2, within_25km=0.18, within_200km=0.55,
+                             calibration="default@abc")
+    lima = ClusterEvidence(
+        lat=-12.05, lon=-77.04, area_km2=1000.0, log_mass=-2.0, posterior=0.71, place=Place(country="Peru"),
+        sources=[SourceEvidence(source="gallery", items=4, mass=0.9, log_density=-3.0, weight=1.0),
+                 SourceEvidence(source="vlm-zero-shot", items=0, mass=0.0, log_density=-6.0, weight=1.0)],
+    )
+    quito = ClusterEvidence(
+        lat=-0.18, lon=-78.47, area_km2=1000.0, log_mass=-2.5, posterior=0.2,
+        sources=[SourceEvidence(source="geoclip", items=3, mass=0.35, log_density=-4.0, weight=1.0)],
+    )
+    evidence = FusionEvidence(cluster_radius_km=25.0, allowed_area_km2=5.1e8, clusters=[lima, quito],
+                              elsewhere_log_mass=-3.0, elsewhere_posterior=0.09, calibration="default@abc")
+    prediction = Prediction(image=ImageRef(path="photo.jpg"), lat=-12.05, lon=-77.04, confidence=0.18,
+                            levels=levels, evidence=evidence, missing_stages=["vlm"], sources_used=["gallery"])
+    assert prediction.degraded
+    abstention = Abstention(variant="neighbors-0", template_id="geo_reasoning", template_hash="h", model="m",
+                            reason="only a blue sky is visible", raw_text="{}")
+    summary = RunSummary(prediction=prediction, abstentions=[abstention])
+    backend = doubles.ScriptedBackend([["Because of the gallery."]])
+    _run(answer_followup(backend, image, summary, "How sure are you?", config=make_config()))
+    text = backend.requests[0].messages[0].text
+    assert f"Calibrated probabilities that it is right: {levels.summary()}" in text
+    assert "Degraded: answered without vlm" in text
+    assert "-12.0500, -77.0400 (Peru): 0.71 of the evidence; gallery 0.90 (4 items)" in text
+    assert "vlm-zero-shot" not in text  # a source with nothing there is not listed
+    assert "-0.1800, -78.4700: 0.20 of the evidence; geoclip 0.35 (3 items)" in text
+    assert "Answers that said they cannot tell (1): only a blue sky is visible" in text
+    assert load_template("chat_followup").version == "4"
