@@ -89,7 +89,6 @@ function showStep(report) {
     el("strong", null, report.step), el("span", { class: "time" }, time),
     report.summary ? el("span", { class: "summary" }, ` — ${report.summary}`) : null,
     report.error ? el("span", { class: "step-error" }, ` — ${report.error}`) : null,
-    report.live ? null : el("span", { class: "hint" }, " (from the trace)"),
   ].filter((node) => node !== null));
 }
 
@@ -214,7 +213,7 @@ async function openSession(id) {
     return;
   }
   resetSteps();
-  for (const step of body.steps) showStep({ ...step, summary: "", live: true });
+  for (const step of body.steps) showStep({ ...step, summary: "" });
   renderSession(body);
 }
 
