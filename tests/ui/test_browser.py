@@ -211,6 +211,12 @@ def test_trace_tab_and_downloads(new_page, session_id: str, screenshots: Path):
     assert [e["step"] for e in trace.json()["events"]] == ["perceive", "retrieve", "reason", "verify", "decide"]
     lat, lon = shown_coordinate(page)
     assert prediction.json()["lat"] == pytest.approx(lat, abs=1e-4)
+    levels = prediction.json()["levels"]  # the calibrated per-level probabilities, as the page shows them
+    page.click("#tabs button[data-tab=photo]")
+    shown = page.locator("#levels td[data-level]").all_inner_texts()
+    assert shown == [f"{levels[k]:.2f}" for k in ("country", "region", "city", "within_25km", "within_200km")]
+    assert levels["calibration"] in page.inner_text("#levels")
+    assert page.locator("#more tr").count() == 0  # every prediction field has its place on the page
 
 
 def test_batch_results_on_the_map_filtered_by_confidence_and_status(new_page, tmp_path: Path, screenshots: Path):

@@ -12,6 +12,7 @@ from geosleuth.types import (
     ExifInfo,
     GPSCandidate,
     ImageRef,
+    LevelConfidence,
     Prediction,
     RetrievalResult,
     StepFailure,
@@ -36,6 +37,7 @@ def test_a_failed_step_or_a_missing_answer_shows_in_the_status():
         _prediction(failures=[StepFailure(step="reason", error="VLM down")], missing_stages=["vlm"])
     )
     assert degraded["status"] == "degraded" and degraded["failures"][0]["error"] == "VLM down"
+    assert degraded["missing_stages"] == ["vlm"]
     failed = prediction_view(Prediction(image=IMAGE, failure_reason="no source proposed a candidate location"))
     assert failed["status"] == "failed" and failed["lat"] is None
     assert failed["failure_reason"] == "no source proposed a candidate location"
@@ -61,3 +63,15 @@ def test_without_a_trace_the_answer_still_shows():
     view = answer_view(_prediction(), None)
     assert view["prediction"]["lat"] == 38.72
     assert len(view["layers"]["alternatives"]) == 2 and view["layers"]["gps"] == []
+
+
+def test_per_level_probabilities_are_listed_with_their_calibration():
+    levels = LevelConfidence(country=0.9, region=0.6, city=0.3, within_25km=0.25, within_200km=0.5,
+                             calibration="default@0123456789ab")
+    view = prediction_view(_prediction(levels=levels, confidence=0.25))
+    assert view["levels"] == {
+        "probabilities": [{"level": "country", "p": 0.9}, {"level": "region", "p": 0.6}, {"level": "city", "p": 0.3},
+                          {"level": "≤ 25 km", "p": 0.25}, {"level": "≤ 200 km", "p": 0.5}],
+        "calibration": "default@0123456789ab",
+    }
+    assert "levels" not in view["more"] and prediction_view(_prediction())["levels"] is None
