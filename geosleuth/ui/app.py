@@ -291,7 +291,7 @@ def create_app(geo: Geolocator, settings: UISettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.sessions.db_path()  # loads the models once
+        await state.sessions.engine()  # loads the models once
         warm = asyncio.ensure_future(state.basemap_bytes())  # ready before the page asks for it
         try:
             yield

@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 # Prediction fields drawn by dedicated parts of the page; every other field goes to "more".
 _SHOWN_FIELDS = frozenset({
     "schema_version", "image", "lat", "lon", "place", "confidence", "alternatives", "clues", "sources_used",
-    "failures", "failure_reason", "trace_id",
+    "failures", "failure_reason", "trace_id", "status", "missing_stages", "levels",
+    "evidence",  # the fusion's clusters and per-source evidence: the Trace tab and the downloads carry it
 })
+# Per-level calibrated probabilities, as the page labels them (LevelConfidence's fields).
+LEVEL_LABELS = {"country": "country", "region": "region", "city": "city", "within_25km": "≤ 25 km",
+                "within_200km": "≤ 200 km"}
 LAYERS = ("prediction", "alternatives", "neighbors", "gps", "vlm", "exif", "hints")
 
 
@@ -72,9 +76,14 @@ def prediction_view(prediction: Prediction) -> dict[str, Any]:
         "sources_used": list(prediction.sources_used),
         "image": prediction.image.path,
         "trace_id": prediction.trace_id,
-        # A plain status string is the badge; a structured one (e.g. with missing stages) is also listed.
-        "more": {key: value for key, value in dumped.items() if key not in _SHOWN_FIELDS and value is not None
-                 and not (key == "status" and isinstance(value, str))},
+        "missing_stages": list(prediction.missing_stages),
+        "levels": None if prediction.levels is None else {
+            "probabilities": [{"level": label, "p": getattr(prediction.levels, key)}
+                              for key, label in LEVEL_LABELS.items()],
+            "calibration": prediction.levels.calibration,
+        },
+        # Fields this view does not know yet, shown as name/value rows.
+        "more": {key: value for key, value in dumped.items() if key not in _SHOWN_FIELDS and value is not None},
     }
 
 

@@ -57,7 +57,7 @@ def test_steps_stream_as_they_finish_then_the_answer(started_over_http: list[tup
     assert events == ["step"] * 5 + ["result"]
     steps = [data for event, data in started_over_http if event == "step"]
     assert [s["step"] for s in steps] == ["perceive", "retrieve", "reason", "verify", "decide"]
-    assert all(s["live"] and s["duration_s"] >= 0 for s in steps)  # reported by the running graph
+    assert all(s["duration_s"] >= 0 and s["error"] is None for s in steps)
     result = started_over_http[-1][1]
     assert result["kind"] == "located"
     assert [s["step"] for s in result["session"]["steps"]] == [s["step"] for s in steps]
@@ -137,6 +137,8 @@ def test_a_hint_moves_the_answer_inside_it_and_the_session_survives_a_reload(
     page.wait_for_selector("#history .turn-relocated")
     lat, lon = shown_coordinate(page)
     assert float(haversine_km(lat, lon, *LIMA)) <= 300.0
+    # the re-locate's steps streamed in as they ran (a reopened session shows only names and times)
+    assert page.inner_text("#steps li[data-step=decide]").endswith(f"— {lat:.4f}, {lon:.4f}")
     assert "Lima" in page.inner_text("#hints")
     assert page.locator("#map path.gs-layer-hints.gs-marker").count() == 1  # the hint's centre (and circle)
     page.screenshot(path=str(screenshots / "after-hint.png"), full_page=True)
@@ -209,6 +211,12 @@ def test_trace_tab_and_downloads(new_page, session_id: str, screenshots: Path):
     assert [e["step"] for e in trace.json()["events"]] == ["perceive", "retrieve", "reason", "verify", "decide"]
     lat, lon = shown_coordinate(page)
     assert prediction.json()["lat"] == pytest.approx(lat, abs=1e-4)
+    levels = prediction.json()["levels"]  # the calibrated per-level probabilities, as the page shows them
+    page.click("#tabs button[data-tab=photo]")
+    shown = page.locator("#levels td[data-level]").all_inner_texts()
+    assert shown == [f"{levels[k]:.2f}" for k in ("country", "region", "city", "within_25km", "within_200km")]
+    assert levels["calibration"] in page.inner_text("#levels")
+    assert page.locator("#more tr").count() == 0  # every prediction field has its place on the page
 
 
 def test_batch_results_on_the_map_filtered_by_confidence_and_status(new_page, tmp_path: Path, screenshots: Path):

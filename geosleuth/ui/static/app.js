@@ -89,7 +89,6 @@ function showStep(report) {
     el("strong", null, report.step), el("span", { class: "time" }, time),
     report.summary ? el("span", { class: "summary" }, ` — ${report.summary}`) : null,
     report.error ? el("span", { class: "step-error" }, ` — ${report.error}`) : null,
-    report.live ? null : el("span", { class: "hint" }, " (from the trace)"),
   ].filter((node) => node !== null));
 }
 
@@ -107,7 +106,17 @@ function renderAnswer(view) {
     $("status").className = `badge status-${p.status}`;
     $("place").textContent = p.ok ? (p.place ? p.place.hierarchy : "unknown place") : "no answer";
     $("coordinate").textContent = p.ok ? `${fmt(p.lat, 4)}, ${fmt(p.lon, 4)}` : `why: ${p.failure_reason}`;
-    $("confidence").textContent = p.confidence === null ? "" : `confidence ${fmt(p.confidence, 2)} · sources: ${p.sources_used.join(", ") || "none"}`;
+    const what = p.levels ? "confidence (P within 25 km)" : "confidence";
+    $("confidence").textContent = (p.confidence === null ? "" : `${what} ${fmt(p.confidence, 2)} · `) +
+      `sources: ${p.sources_used.join(", ") || "none"}` +
+      (p.missing_stages.length ? ` · missing: ${p.missing_stages.join(", ")}` : "");
+    $("levels").hidden = !p.levels;
+    $("levels").tBodies[0].replaceChildren(...(p.levels ? [
+      el("tr", null, ...p.levels.probabilities.map((l) => el("th", null, l.level))),
+      el("tr", null, ...p.levels.probabilities.map((l) => el("td", { "data-level": l.level }, fmt(l.p, 2)))),
+      el("tr", null, el("td", { colspan: String(p.levels.probabilities.length), class: "hint" },
+        `calibration ${p.levels.calibration}`)),
+    ] : []));
     $("failures").replaceChildren(...p.failures.map((f) => el("li", null, `${f.step}: ${f.error}`)));
     $("more").tBodies[0].replaceChildren(...Object.entries(p.more).map(([key, value]) =>
       el("tr", null, el("th", null, key), el("td", null, typeof value === "object" ? JSON.stringify(value) : value))));
@@ -214,7 +223,7 @@ async function openSession(id) {
     return;
   }
   resetSteps();
-  for (const step of body.steps) showStep({ ...step, summary: "", live: true });
+  for (const step of body.steps) showStep({ ...step, summary: "" });
   renderSession(body);
 }
 
