@@ -35,7 +35,9 @@ GALLERY = "gallery"
 GEOCLIP = "geoclip"
 VLM_ZERO_SHOT = "vlm-zero-shot"
 VLM_INFORMED = "vlm-informed"
-SOURCES = (GALLERY, GEOCLIP, VLM_ZERO_SHOT, VLM_INFORMED)
+OCR_PLACE = "ocr-place"  # places named in the text read in the photo
+OCR_LANGUAGE = "ocr-language"  # the text's language, as a soft prior over the countries that speak it
+SOURCES = (GALLERY, GEOCLIP, VLM_ZERO_SHOT, VLM_INFORMED, OCR_PLACE, OCR_LANGUAGE)
 
 
 class _Model(BaseModel):
@@ -47,10 +49,34 @@ class SourceParams(_Model):
     miss: float = Field(0.5, gt=0.0, lt=1.0, description="share of its density spread uniformly over the Earth")
 
 
+# Before a calibration has seen a source: a place name read in the photo is often another place of the same
+# name or a street named after a city (miss 0.6); a language is spoken across many countries (weight 0.5,
+# miss 0.8). Assumed, not fitted: `geosleuth eval calibrate` refits them on runs that read text.
+UNFITTED_SOURCE_PARAMS = {
+    OCR_PLACE: SourceParams(weight=1.0, miss=0.6),
+    OCR_LANGUAGE: SourceParams(weight=0.5, miss=0.8),
+}
+
+
+def _default_sources() -> dict[str, SourceParams]:
+    return {s: UNFITTED_SOURCE_PARAMS.get(s, SourceParams()) for s in SOURCES}
+
+
 class FusionParams(_Model):
-    sources: dict[str, SourceParams] = Field(default_factory=lambda: {s: SourceParams() for s in SOURCES})
+    sources: dict[str, SourceParams] = Field(default_factory=_default_sources)
     gallery_sharpness: float = Field(20.0, ge=0.0, description="gallery item weight = exp(sharpness * similarity)")
     vlm_confidence_floor: float = Field(0.25, ge=0.0, description="VLM item weight = floor + stated confidence")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unfitted_sources(cls, data: object) -> object:
+        """A file fitted before the text sources existed gets their assumed parameters (UNFITTED_SOURCE_PARAMS)."""
+        if isinstance(data, dict) and isinstance(data.get("sources"), dict):
+            sources = dict(data["sources"])
+            for name, params in UNFITTED_SOURCE_PARAMS.items():
+                sources.setdefault(name, params.model_dump())
+            data = {**data, "sources": sources}
+        return data
 
     @model_validator(mode="after")
     def _known_sources(self) -> FusionParams:

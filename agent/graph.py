@@ -60,6 +60,7 @@ _SOURCE_NAMES = {
     CandidateSource.GPS_GALLERY: "gps-gallery",
     CandidateSource.VLM: SOURCE_VLM,
     CandidateSource.USER: SOURCE_USER,
+    CandidateSource.OCR: "text",
 }
 # Called with (step name, its TraceEvent) as each step of a run finishes.
 StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
@@ -94,6 +95,11 @@ async def perceive_node(state: LocateState, runtime: Runtime[Resources]) -> dict
         perceive, state["image_path"], res.image_encoder, max_pixels=res.config.vlm.max_image_pixels
     )
     emb = perception.embeddings
+    text = None
+    if res.text_tools is not None:  # optional evidence: a photo without readable text simply has none
+        from geosleuth.agent.tools.text_evidence import read_text_evidence
+
+        text = await asyncio.to_thread(read_text_evidence, perception.image.image, res.text_tools)
     outputs = {
         "image": perception.ref.model_dump(mode="json"),
         "decoded_size": list(perception.image.image.size),
@@ -101,8 +107,10 @@ async def perceive_node(state: LocateState, runtime: Runtime[Resources]) -> dict
         "geoclip_embedding": emb.geoclip is not None,
         # EXIF GPS is reported, never used as a candidate: the answer must come from the pixels.
         "exif_gps": perception.ref.exif.gps.model_dump() if perception.ref.exif and perception.ref.exif.gps else None,
+        "text": text.model_dump(mode="json") if text is not None else None,
     }
     return {
+        "text": text,
         "image": perception.image.image,
         "image_ref": perception.ref,
         "embeddings": emb,
@@ -233,6 +241,7 @@ async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         config=res.config.verify,
         constraints=constraints,
         calibration=res.calibration,
+        text=state.get("text"),
     )
     inputs = {
         "weights": weights_of(res.config.verify, res.calibration),
@@ -274,6 +283,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         no_candidate_reason=_no_candidate_reason(state, res),
     )
     prediction.trace_id = state["trace_id"]
+    prediction.text = state.get("text")
     missing = missing_stages(state, res)
     if missing:  # re-validated: the status follows from the missing stages and the coordinate
         prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": missing})

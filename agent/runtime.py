@@ -17,6 +17,7 @@ from geosleuth.config import Config, expand_path
 from geosleuth.geo import ReverseGeocoder
 
 if TYPE_CHECKING:
+    from geosleuth.agent.tools.text_evidence import TextTools
     from geosleuth.index.encoders import ImageEncoder, LocationEncoder
     from geosleuth.index.gps_gallery import GPSGallery
     from geosleuth.index.store import ImageGallery
@@ -44,6 +45,7 @@ class Resources:
     store: ImageGallery | None = None
     backend: VLMBackend | None = None
     calibration: Calibration | None = None  # None: verify.calibration, else the shipped default
+    text_tools: TextTools | None = None  # OCR, language identification, gazetteer (text.ocr)
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -82,8 +84,14 @@ class Resources:
             from geosleuth.vlm.registry import create_backend
 
             backend = timed("vlm", lambda: create_backend(config.vlm))
+        text_tools = None
+        if config.text.ocr:
+            from geosleuth.agent.tools.text_evidence import TextTools
+
+            text_tools = timed("text_tools", lambda: TextTools.from_config(config.text))
         return cls(
             config=config,
+            text_tools=text_tools,
             image_encoder=image_encoder,
             location_encoder=location_encoder,
             gps_gallery=gps_gallery,
@@ -107,6 +115,8 @@ class Resources:
         if self.store is not None:
             ids["gallery"] = self.store.describe()
         ids["vlm"] = self.backend.model_id if self.backend is not None else "none"
+        if self.text_tools is not None:
+            ids["ocr"] = self.text_tools.reader.name
         if self.calibration is not None:
             ids["calibration"] = self.calibration.label
         return ids

@@ -23,6 +23,7 @@ from geosleuth.types import (
     ReasoningResult,
     RetrievalResult,
     StepFailure,
+    TextEvidence,
     TraceEvent,
 )
 
@@ -44,6 +45,7 @@ class LocateState(TypedDict, total=False):
     image: Image.Image
     image_ref: ImageRef
     embeddings: ImageEmbeddings
+    text: TextEvidence | None  # what the text in the photo says (None: OCR off)
     # retrieve
     retrieval: RetrievalResult
     # reason

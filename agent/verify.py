@@ -1,9 +1,9 @@
 """The verify stage: pool every candidate location and score it under one evidence model.
 
-Candidate pool: gallery-neighbour coordinates, GPS-gallery candidates, VLM hypotheses, and the
-centre of any "within N km of PLACE" user constraint. The scoring, clustering and per-cluster mass
-live in :mod:`geosleuth.agent.fusion` (read its docstring for the model); this module gathers the
-evidence into it:
+Candidate pool: gallery-neighbour coordinates, GPS-gallery candidates, VLM hypotheses, places named
+in the photo's text, and the centre of any "within N km of PLACE" user constraint. The scoring,
+clustering and per-cluster mass live in :mod:`geosleuth.agent.fusion` (read its docstring for the
+model); this module gathers the evidence into it:
 
 - gallery neighbours (``gallery``), weighted by similarity;
 - GPS-gallery candidates (``geoclip``), weighted by GeoCLIP's softmax: cosine similarities between
@@ -11,11 +11,16 @@ evidence into it:
   location encoder when there is one), times the encoder's logit scale;
 - VLM answers, zero-shot and retrieval-informed apart (``vlm-zero-shot``, ``vlm-informed``),
   weighted by stated confidence and by ``geo_consistency`` (does the stated country, else continent,
-  match the reverse-geocoded place of the coordinate); echoes (``Hypothesis.echo_of``) are dropped.
+  match the reverse-geocoded place of the coordinate); echoes (``Hypothesis.echo_of``) are dropped;
+- the text read in the photo: places it names (``ocr-place``, weighted by match similarity x the
+  place's share of its name x the recogniser's confidence in the line) and its language as a soft
+  country prior (``ocr-language``: the likeliest countries' largest places, weighted by
+  P(country | language) x population share). Never a filter: a wrong reading is outweighed.
 
 ``config.verify.w_*`` scale the calibrated source weights (``w_neighbor_support`` -> gallery,
-``w_geoclip`` -> geoclip, ``w_vlm_agreement`` -> both VLM sources; 0 turns a source off, for
-ablations); ``w_geo_consistency`` is how strongly a contradicting answer is down-weighted (0..1).
+``w_geoclip`` -> geoclip, ``w_vlm_agreement`` -> both VLM sources, ``w_text`` -> both text sources;
+0 turns a source off, for ablations); ``w_geo_consistency`` is how strongly a contradicting answer is
+down-weighted (0..1).
 ``config.verify.candidate_sources`` limits which sources' locations may be the answer; the others
 still count as evidence. Candidates and evidence outside a user constraint are dropped (the
 candidates are kept for the trace, never ranked).
@@ -29,7 +34,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geosleuth.agent.confidence import GALLERY, GEOCLIP, SOURCES, VLM_INFORMED, VLM_ZERO_SHOT, Calibration
+from geosleuth.agent.confidence import (
+    GALLERY,
+    GEOCLIP,
+    OCR_LANGUAGE,
+    OCR_PLACE,
+    SOURCES,
+    VLM_INFORMED,
+    VLM_ZERO_SHOT,
+    Calibration,
+)
 from geosleuth.agent.fusion import (
     EARTH_AREA_KM2,
     EvidenceItem,
@@ -43,7 +57,15 @@ from geosleuth.config import VerifyConfig
 from geosleuth.constraints import Constraint, contains_all
 from geosleuth.errors import ConfigError
 from geosleuth.geo import CONTINENT_NAMES, fold_name
-from geosleuth.types import Candidate, CandidateSource, FusionEvidence, Hypothesis, Place, RetrievalResult
+from geosleuth.types import (
+    Candidate,
+    CandidateSource,
+    FusionEvidence,
+    Hypothesis,
+    Place,
+    RetrievalResult,
+    TextEvidence,
+)
 
 if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
@@ -85,6 +107,8 @@ def weights_of(config: VerifyConfig, calibration: Calibration | None = None) -> 
         GEOCLIP: config.w_geoclip,
         VLM_ZERO_SHOT: config.w_vlm_agreement,
         VLM_INFORMED: config.w_vlm_agreement,
+        OCR_PLACE: config.w_text,
+        OCR_LANGUAGE: config.w_text,
     }
     return {s: switch[s] * (fitted[s].weight if fitted is not None else 1.0) for s in SOURCES}
 
@@ -95,8 +119,9 @@ def candidate_pool(
     constraints: Sequence[Constraint] = (),
     *,
     sources: Sequence[str] | None = None,
+    text: TextEvidence | None = None,
 ) -> list[Candidate]:
-    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user);
+    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user, text);
     ``sources`` (CandidateSource values, e.g. ``["vlm"]``) keeps only those sources' candidates."""
     pool = [
         Candidate(lat=n.lat, lon=n.lon, source=CandidateSource.RETRIEVAL, source_ref=n.id, place=n.place)
@@ -115,6 +140,11 @@ def candidate_pool(
         for c in constraints
         if c.kind == "circle" and c.lat is not None and c.lon is not None
     ]
+    if text is not None:
+        pool += [
+            Candidate(lat=m.lat, lon=m.lon, source=CandidateSource.OCR, source_ref=ocr_ref(m.geonameid))
+            for m in text.places
+        ]
     if sources is not None:
         pool = [c for c in pool if c.source.value in sources]
     return pool
@@ -129,6 +159,7 @@ def evidence_items(
     logit_scale: float,
     consistency: Sequence[float | None],
     consistency_strength: float,
+    text: TextEvidence | None = None,
 ) -> list[EvidenceItem]:
     """Every source's evidence items with unnormalised weights (see the module docstring)."""
     params = calibration.fusion
@@ -154,7 +185,18 @@ def evidence_items(
             (params.vlm_confidence_floor + h.confidence) * factor,
             f"{CandidateSource.VLM.value}:{h.variant}#{h.sample_index}",
         ))
+    if text is not None:
+        read = {region.text: region.confidence for region in text.regions}
+        items += [EvidenceItem(OCR_PLACE, m.lat, m.lon, m.similarity * m.weight * read.get(m.text, 1.0),
+                               f"{CandidateSource.OCR.value}:{ocr_ref(m.geonameid)}") for m in text.places]
+        items += [EvidenceItem(OCR_LANGUAGE, p.lat, p.lon, p.weight, f"{OCR_LANGUAGE}:{p.country_code}:{i}")
+                  for i, p in enumerate(text.prior_places)]
     return items
+
+
+def ocr_ref(geonameid: int) -> str:
+    """The ``source_ref`` of a candidate from a place named in the photo's text."""
+    return f"geonames-{geonameid}"
 
 
 def constrained_area_km2(constraints: Sequence[Constraint], geocoder: ReverseGeocoder) -> float:
@@ -186,6 +228,7 @@ def verify(
     config: VerifyConfig,
     constraints: Sequence[Constraint] = (),
     calibration: Calibration | None = None,
+    text: TextEvidence | None = None,
 ) -> Verification:
     """Score, cluster and weigh the candidate pool (see the module docstring).
     ``calibration``: None uses the shipped default (:func:`~geosleuth.agent.confidence.load_calibration`)."""
@@ -196,11 +239,11 @@ def verify(
     weights = weights_of(config, calibration)
     if not any(w > 0 for w in weights.values()):
         raise ConfigError(
-            "every evidence source is off (verify.w_geoclip, w_neighbor_support, w_vlm_agreement are 0, or the "
+            "every evidence source is off (verify.w_geoclip, w_neighbor_support, w_vlm_agreement, w_text are 0, or the "
             "calibration gives them weight 0): turn at least one on"
         )
-    components = _component_status(weights, retrieval, hypotheses)
-    pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources)
+    components = _component_status(weights, retrieval, hypotheses, text)
+    pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources, text=text)
     if not pool:
         return Verification(ranked=[], components=components)
     missing = [c for c in pool if c.place is None]
@@ -217,7 +260,7 @@ def verify(
     consistency = [geo_consistency(h, p, geocoder) for h, p in zip(hypotheses, hyp_places, strict=True)]
     items = evidence_items(
         retrieval, hypotheses, calibration=calibration, geoclip_similarities=similarities, logit_scale=logit_scale,
-        consistency=consistency, consistency_strength=config.w_geo_consistency,
+        consistency=consistency, consistency_strength=config.w_geo_consistency, text=text,
     )
     inside = contains_all(constraints, [c.lat for c in pool], [c.lon for c in pool], geocoder)
     items_inside = contains_all(constraints, [i.lat for i in items], [i.lon for i in items], geocoder)
@@ -233,7 +276,8 @@ def verify(
 
 
 def _component_status(
-    weights: dict[str, float], retrieval: RetrievalResult, hypotheses: Sequence[Hypothesis]
+    weights: dict[str, float], retrieval: RetrievalResult, hypotheses: Sequence[Hypothesis],
+    text: TextEvidence | None = None,
 ) -> dict[str, str]:
     informed = [h for h in hypotheses if h.shown_coordinates > 0]
     unavailable = {
@@ -241,6 +285,8 @@ def _component_status(
         GEOCLIP: None if retrieval.gps_candidates else "no GPS-gallery candidates",
         VLM_ZERO_SHOT: None if len(informed) < len(hypotheses) else "no zero-shot VLM answer",
         VLM_INFORMED: None if informed else "no retrieval-informed VLM answer",
+        OCR_PLACE: None if text is not None and text.places else "no place named in text read in the photo",
+        OCR_LANGUAGE: None if text is not None and text.prior_places else "no language identified in its text",
     }
     status: dict[str, str] = {}
     for name in SOURCES:

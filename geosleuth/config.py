@@ -121,10 +121,24 @@ class PromptConfig(_Section):
     chat_template: str = "chat_followup"
 
 
+class TextConfig(_Section):
+    ocr: bool = Field(
+        True, description="read the text in every photo (RapidOCR, offline) and use the places it names and its "
+        "language as evidence"
+    )
+    min_confidence: float = Field(0.7, ge=0, le=1, description="text lines the recogniser scores lower are dropped")
+    gazetteer_min_population: int = Field(
+        5000, ge=0, description="places named in the text are looked up among GeoNames places this populous"
+    )
+
+
 class VerifyConfig(_Section):
     w_geoclip: float = Field(1.0, ge=0, description="scales the calibrated weight of GeoCLIP's GPS candidates")
     w_neighbor_support: float = Field(1.0, ge=0, description="scales the calibrated weight of gallery neighbours")
     w_vlm_agreement: float = Field(1.0, ge=0, description="scales the calibrated weight of VLM answers")
+    w_text: float = Field(
+        1.0, ge=0, description="scales the calibrated weights of the text in the photo (places it names, its language)"
+    )
     w_geo_consistency: float = Field(
         0.5, ge=0, description="how much a VLM answer whose stated country contradicts its coordinate is "
         "down-weighted (0 = not at all, 1 = to nothing)"
@@ -138,8 +152,8 @@ class VerifyConfig(_Section):
         None, description="calibration file from `geosleuth eval calibrate` (source weights + per-level maps); "
         "none = the shipped default (fitted on a simulation, see README)"
     )
-    candidate_sources: list[Literal["retrieval", "gps-gallery", "vlm", "user"]] = Field(
-        default_factory=lambda: ["retrieval", "gps-gallery", "vlm", "user"],
+    candidate_sources: list[Literal["retrieval", "gps-gallery", "vlm", "user", "ocr"]] = Field(
+        default_factory=lambda: ["retrieval", "gps-gallery", "vlm", "user", "ocr"],
         min_length=1,
         description="whose locations may be the answer (retrieval = gallery neighbours); the others still "
         "count as evidence (ablations, e.g. ['vlm'] = pick among the VLM's answers only)",
@@ -163,6 +177,7 @@ class Config(_Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     vlm: VLMConfig = Field(default_factory=VLMConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 

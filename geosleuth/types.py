@@ -297,6 +297,78 @@ STAGE_GALLERY = "gallery"
 STAGE_GPS_GALLERY = "gps-gallery"
 
 
+# --- Text in the photo (perceive's OCR), as evidence -------------------------------------------------------------
+
+
+class TextRegion(_Record):
+    """One line of text read in the photo. ``box`` is (x0, y0, x1, y1) in the perceived image's pixels."""
+
+    text: str
+    confidence: float = Field(ge=0.0, le=1.0)  # the recogniser's own score
+    box: tuple[float, float, float, float]
+
+
+class LanguageGuess(_Record):
+    language: str  # ISO 639-1 code, e.g. "pt"
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class PlaceMatch(_Record):
+    """A gazetteer place whose name was read in the photo."""
+
+    text: str  # the words read, as read
+    name: str  # the place's GeoNames name
+    matched_name: str  # which of its names matched (e.g. "Lisboa" for Lisbon)
+    geonameid: int
+    country_code: str
+    lat: float
+    lon: float
+    population: int
+    similarity: float = Field(ge=0.0, le=1.0)  # 1.0 = exact (after case/accent folding); less = fuzzy match
+    weight: float = Field(ge=0.0, le=1.0)  # share among the places that carry the same name (by population)
+
+    @model_validator(mode="after")
+    def _validate(self) -> PlaceMatch:
+        self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
+        return self
+
+
+class PriorPlace(_Record):
+    """A point of a soft prior: one of the largest places of a country the text's language points to."""
+
+    country_code: str
+    lat: float
+    lon: float
+    weight: float = Field(ge=0.0, le=1.0)  # P(country | language) x the place's share of the country's top places
+
+
+class TextEvidence(_Record):
+    """What the text in the photo says about where it is: lines read, scripts, languages, a soft country prior
+    (ISO alpha-2 -> probability; empty when the text says nothing) and gazetteer places named in it."""
+
+    regions: list[TextRegion] = Field(default_factory=list)
+    scripts: list[str] = Field(default_factory=list)  # Unicode script names, most letters first
+    languages: list[LanguageGuess] = Field(default_factory=list)
+    country_prior: dict[str, float] = Field(default_factory=dict)
+    prior_places: list[PriorPlace] = Field(default_factory=list)  # the country prior as points, for the fusion
+    places: list[PlaceMatch] = Field(default_factory=list)
+    reader: str | None = None  # which OCR model read it
+
+    def summary(self, max_lines: int = 4) -> str:
+        """One line for people: what was read, the places it names, its likeliest language."""
+        if not self.regions:
+            return "no readable text"
+        shown = ", ".join(f'"{r.text}"' for r in self.regions[:max_lines])
+        more = f" (+{len(self.regions) - max_lines} more)" if len(self.regions) > max_lines else ""
+        parts = [f"read {shown}{more}"]
+        if self.places:
+            names = ", ".join(f"{p.name} ({p.country_code})" for p in self.places[:3])
+            parts.append(f"names {names}")
+        if self.languages:
+            parts.append(f"language {self.languages[0].language} {self.languages[0].probability:.0%}")
+        return " · ".join(parts)
+
+
 class Prediction(_Record):
     """The answer for one image. ``lat``/``lon`` are None when nothing could be predicted, and then
     ``failure_reason`` says why; a failed step never turns into a made-up coordinate."""
@@ -333,6 +405,7 @@ class Prediction(_Record):
             return {**data, "status": PredictionStatus.DEGRADED.value, "missing_stages": [STAGE_VLM]}
         return data
     evidence: FusionEvidence | None = None
+    text: TextEvidence | None = None  # what the text in the photo said (None: OCR off)
 
     @model_validator(mode="after")
     def _validate(self) -> Prediction:
@@ -425,49 +498,3 @@ class ProgressEvent(_Record):
     tokens: int | None = Field(None, ge=0)
     token_budget: int | None = Field(None, ge=0)
     error: str | None = None
-# --- Text in the photo (perceive's OCR), as evidence -------------------------------------------------------------
-
-
-class TextRegion(_Record):
-    """One line of text read in the photo. ``box`` is (x0, y0, x1, y1) in the perceived image's pixels."""
-
-    text: str
-    confidence: float = Field(ge=0.0, le=1.0)  # the recogniser's own score
-    box: tuple[float, float, float, float]
-
-
-class LanguageGuess(_Record):
-    language: str  # ISO 639-1 code, e.g. "pt"
-    probability: float = Field(ge=0.0, le=1.0)
-
-
-class PlaceMatch(_Record):
-    """A gazetteer place whose name was read in the photo."""
-
-    text: str  # the words read, as read
-    name: str  # the place's GeoNames name
-    matched_name: str  # which of its names matched (e.g. "Lisboa" for Lisbon)
-    geonameid: int
-    country_code: str
-    lat: float
-    lon: float
-    population: int
-    similarity: float = Field(ge=0.0, le=1.0)  # 1.0 = exact (after case/accent folding); less = fuzzy match
-    weight: float = Field(ge=0.0, le=1.0)  # share among the places that carry the same name (by population)
-
-    @model_validator(mode="after")
-    def _validate(self) -> PlaceMatch:
-        self.lat, self.lon = _check_lat_lon(self.lat, self.lon)  # type: ignore[assignment]
-        return self
-
-
-class TextEvidence(_Record):
-    """What the text in the photo says about where it is: lines read, scripts, languages, a soft country prior
-    (ISO alpha-2 -> probability; empty when the text says nothing) and gazetteer places named in it."""
-
-    regions: list[TextRegion] = Field(default_factory=list)
-    scripts: list[str] = Field(default_factory=list)  # Unicode script names, most letters first
-    languages: list[LanguageGuess] = Field(default_factory=list)
-    country_prior: dict[str, float] = Field(default_factory=dict)
-    places: list[PlaceMatch] = Field(default_factory=list)
-    reader: str | None = None  # which OCR model read it

@@ -40,7 +40,7 @@ def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def write_tiny_config(tiny_clip_dir: Path, gps_2k_csv: Path):
     """A function writing ``folder/geosleuth.toml`` for the real pipeline on tiny models: tiny CLIP + GeoCLIP's
-    real heads on CPU, the 2K GPS gallery, a cache under ``folder``; ``sections`` override/extend it, e.g.
+    real heads on CPU, the 2K GPS gallery, a cache under ``folder``, no OCR; ``sections`` override/extend it, e.g.
     ``vlm={"backend": "openai", ...}``."""
     from geosleuth.config import Config
 
@@ -48,6 +48,8 @@ def write_tiny_config(tiny_clip_dir: Path, gps_2k_csv: Path):
         tree: dict[str, dict] = {
             "encoders": {"image_model": str(tiny_clip_dir), "device": "cpu", "dtype": "float32"},
             "index": {"gps_gallery": str(gps_2k_csv), "cache_dir": str(folder / "cache")},
+            # OCR costs about a second per photo on 2 cores; its pipeline tests turn it on (tests/tools).
+            "text": {"ocr": False},
         }
         for name, values in sections.items():
             tree.setdefault(name, {}).update(values)

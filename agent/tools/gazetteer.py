@@ -20,6 +20,7 @@ MIN_NAME_WEIGHT = 0.05
 # A name that is only an alternate name of a place (Augsburg's Latin "Augusta") counts less than a place's own
 # name when both exist ("Augusta", Georgia).
 ALTERNATE_NAME_ROLE = 0.3
+LARGEST_PER_COUNTRY = 20
 
 
 def fuzzy_cutoff(length: int) -> float | None:
@@ -50,6 +51,7 @@ class Gazetteer:
         self._by_name: dict[str, list[tuple[int, float]]] = {}
         self._display: dict[str, str] = {}
         self._keys: list[str] = []
+        self._largest: dict[str, list[tuple[float, float, int]]] = {}
         self._lock = threading.Lock()
 
     def _load(self) -> None:
@@ -98,6 +100,20 @@ class Gazetteer:
         self._load()
         assert self._places is not None
         return len(self._places)
+
+    def largest_places(self, country_code: str, count: int = 10) -> list[tuple[float, float, int]]:
+        """(lat, lon, population) of the ``count`` most populous places of a country: where in it people,
+        and so photos, mostly are."""
+        self._load()
+        assert self._places is not None
+        if not self._largest:
+            by_country: dict[str, list[_Place]] = {}
+            for place in self._places:
+                by_country.setdefault(place.country_code, []).append(place)
+            for code, places in by_country.items():
+                places.sort(key=lambda p: -p.population)
+                self._largest[code] = [(p.lat, p.lon, p.population) for p in places[:LARGEST_PER_COUNTRY]]
+        return self._largest.get(country_code.upper(), [])[:count]
 
     def lookup(self, name: str, *, fuzzy: bool = True) -> list[PlaceMatch]:
         """Places called ``name`` (case and accents ignored), the likeliest first: by population, a place's

@@ -95,6 +95,8 @@ def trace_html(trace: Trace, *, land: CountryBoundaries | None = None, title: st
         parts.append(f'<p class="bad">No coordinate: {esc(p.failure_reason or "")}</p>')
     if p is not None and p.levels is not None:
         parts.append(f"<p>{esc(p.levels.summary())} (calibration {esc(p.levels.calibration)})</p>")
+    if p is not None and p.text is not None:
+        parts.append(f"<p><b>Text in the photo</b>: {esc(p.text.summary(max_lines=12))}</p>")
     if p is not None and p.evidence is not None and p.evidence.clusters:
         headers, rows = cluster_rows(p.evidence)
         parts.append(f"<h3>Clusters, heaviest first: evidence per source ({len(p.evidence.clusters)})</h3>")

@@ -112,6 +112,8 @@ def trace_tree(trace: Trace) -> Any:
             decision.add(Text.assemble((f"{failure.step} failed: ", "red"), failure.error))
         if p.levels is not None:
             decision.add(Text(p.levels.summary(), style="dim"))
+        if p.text is not None:
+            decision.add(Text.assemble(("text in the photo: ", "bold"), p.text.summary()))
     if p is not None and p.evidence is not None and p.evidence.clusters:
         headers, rows = cluster_rows(p.evidence)
         table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")

@@ -80,6 +80,8 @@ def print_prediction(
         parts.append(Text.assemble(("map ", "dim"), (url, f"link {url}")))
         if prediction.degraded:
             parts.append(Text.assemble(("status degraded: ", "bold yellow"), degraded_note(prediction)))
+    if prediction.text is not None and prediction.text.regions:
+        parts.append(Text.assemble(("text in the photo ", "bold"), prediction.text.summary()))
     else:
         parts.append(Text.assemble(("no location: ", "bold red"), prediction.failure_reason or "unknown reason"))
     if exif_gps is not None:

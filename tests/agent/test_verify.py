@@ -160,7 +160,7 @@ def test_a_constraint_moves_the_answer_inside_it(location_encoder: Any, geocoder
 def test_all_weights_zero_is_refused(geocoder: Any) -> None:
     with pytest.raises(ConfigError, match="every evidence source is off"):
         verify(RetrievalResult(), [], geoclip_embedding=None, location_encoder=None, geocoder=geocoder,
-               config=VerifyConfig(w_geoclip=0, w_neighbor_support=0, w_vlm_agreement=0))
+               config=VerifyConfig(w_geoclip=0, w_neighbor_support=0, w_vlm_agreement=0, w_text=0))
 
 
 def test_spherical_mean_across_the_antimeridian() -> None:

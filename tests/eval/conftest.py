@@ -74,5 +74,6 @@ def run_config(
                 "samples_per_variant": 1, "max_new_tokens": 16, "concurrency": 2,
             },
             "prompts": {"neighbor_counts": [0, 5]},
+            "text": {"ocr": False},  # OCR has its own pipeline tests (tests/tools)
         }
     )

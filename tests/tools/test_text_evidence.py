@@ -75,3 +75,52 @@ def test_scripts_are_counted_by_letters() -> None:
     assert scripts_of("東京駅 Tokyo") == ["LATIN", "HAN"]
     assert scripts_of("ΟΔΟΣ ΕΡΜΟΥ") == ["GREEK"]
     assert scripts_of("12 34 !") == []
+
+
+def test_a_sign_naming_a_city_puts_it_among_the_answers_without_any_vlm(tmp_path, write_tiny_config,
+                                                                       render_sign) -> None:
+    """The real pipeline (tiny CLIP with random weights, GeoCLIP's real location encoder, the real OCR,
+    no VLM): the city the sign names is among the candidates, from the text alone, and the trace says so."""
+    from geosleuth.api import Geolocator
+    from geosleuth.config import load_config
+
+    photo = tmp_path / "sign.png"
+    render_sign("Lisboa  12 km").save(photo)
+    config = load_config(write_tiny_config(tmp_path, vlm={"backend": "none"}, text={"ocr": True}))
+    with Geolocator(config) as geo:
+        prediction, trace = geo.locate_with_trace(photo, top_k=20)
+    assert "text" in prediction.sources_used
+    lisbon = [c for c in prediction.alternatives if c.source.value == "ocr"]
+    assert lisbon and abs(lisbon[0].lat - 38.72) < 0.1 and abs(lisbon[0].lon + 9.13) < 0.1
+    perceive = next(e for e in trace.events if e.step == "perceive")
+    assert perceive.outputs["text"]["places"][0]["name"] == "Lisbon"
+    verify = next(e for e in trace.events if e.step == "verify")
+    assert verify.outputs["components"]["ocr-place"] == "on"
+    assert trace.models["ocr"].startswith("rapidocr")
+
+
+def test_what_was_read_shows_in_the_cli_summary_and_both_trace_views(tmp_path, write_tiny_config, render_sign) -> None:
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from geosleuth.cli import app
+
+    photo = tmp_path / "sign.png"
+    render_sign("München Hbf").save(photo)
+    config = write_tiny_config(tmp_path, vlm={"backend": "none"}, text={"ocr": True})
+    runner = CliRunner()
+    trace = tmp_path / "t.json"
+    shown = runner.invoke(app, ["--config", str(config), "locate", str(photo), "--trace", str(trace)],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    flat = " ".join(shown.stdout.split())
+    # (the recogniser may drop the umlaut; the gazetteer folds accents either way)
+    assert re.search(r'text in the photo read "M(ü|u)nchen Hbf" · names Munich \(DE\)', flat), flat
+    assert json.loads(trace.read_text())["prediction"]["text"]["places"][0]["country_code"] == "DE"
+    tree = runner.invoke(app, ["trace", "show", str(trace)], env={"COLUMNS": "200"})
+    assert "names Munich (DE)" in tree.stdout
+    pages = tmp_path / "pages"
+    assert runner.invoke(app, ["trace", "html", str(trace), "--out", str(pages), "--no-land"]).exit_code == 0
+    assert "names Munich (DE)" in next(pages.glob("*.html")).read_text(encoding="utf-8")
