@@ -75,10 +75,6 @@ if TYPE_CHECKING:
 GEOCLIP_LOGIT_SCALE = 39.7
 # Lattice points used to measure the area inside a user constraint (about 25,000 km^2 each).
 AREA_LATTICE_POINTS = 20_000
-# A lattice point counts as land when a town lies within this distance. Nearest-town reverse
-# geocoding gives every sea point to some country: without this, coastal countries measure many
-# times their size (Portugal ~65x, Japan ~15x; with it: within about 0.4x-5x, measured on 9 countries).
-LAND_TOWN_DISTANCE_KM = 150.0
 
 _CONTINENT_BY_NAME = {
     **{name.lower(): name for name in CONTINENT_NAMES.values()},
@@ -201,20 +197,22 @@ def ocr_ref(geonameid: int) -> str:
 
 def constrained_area_km2(constraints: Sequence[Constraint], geocoder: ReverseGeocoder) -> float:
     """The area of the Earth inside every constraint (the whole Earth without constraints): the
-    share of a lattice inside, land only for country and continent constraints (a rough estimate,
-    see LAND_TOWN_DISTANCE_KM; a circle's exact area bounds it)."""
+    share of an even lattice inside, countries and continents by their land polygons (the sea
+    belongs to none), a circle bounding it by its exact area."""
     if not constraints:
         return EARTH_AREA_KM2
     lat, lon = fibonacci_lattice(AREA_LATTICE_POINTS)
-    radii = [c.radius_km for c in constraints if c.kind == "circle" and c.radius_km is not None]
-    non_circle = [c for c in constraints if c.kind != "circle"]
+    boundaries = geocoder.boundaries
+    codes = [boundaries.countries[i].code if i >= 0 else None for i in boundaries.country_index(lat, lon).tolist()]
     inside = np.ones(len(lat), dtype=bool)
-    if non_circle:
-        places = geocoder.lookup_many(list(zip(lat.tolist(), lon.tolist(), strict=True)))
-        land = np.array([(p.city_distance_km or 0.0) <= LAND_TOWN_DISTANCE_KM for p in places], dtype=bool)
-        inside = land & contains_all(non_circle, lat, lon, geocoder)
-    if radii:
-        inside &= contains_all([c for c in constraints if c.kind == "circle"], lat, lon, geocoder)
+    for c in constraints:
+        if c.kind == "country":
+            inside &= np.array([code == c.country_code for code in codes], dtype=bool)
+        elif c.kind == "continent":
+            inside &= np.array([geocoder.continent_of(code) == c.continent if code else False for code in codes])
+        else:
+            inside &= c.contains(lat, lon, geocoder)
+    radii = [c.radius_km for c in constraints if c.kind == "circle" and c.radius_km is not None]
     return allowed_area_km2(inside, radii)
 
 

@@ -198,9 +198,11 @@ def test_the_area_a_hint_leaves_is_measured_roughly_right(geocoder: Any, doubles
     from geosleuth.agent.verify import constrained_area_km2
 
     france = constrained_area_km2([Constraint.in_country("FR", "France")], geocoder)
-    assert 0.5 < france / 640_000 < 2  # sea points near the coast do not count as France
+    assert 0.7 < france / 550_000 < 1.4  # metropolitan France; the sea off its coast is no one's
     portugal = constrained_area_km2([Constraint.in_country("PT", "Portugal")], geocoder)
-    assert portugal < 10 * 92_000
+    assert 0.5 < portugal / 92_000 < 2
+    south_america = constrained_area_km2([Constraint.in_continent("South America")], geocoder)
+    assert 0.8 < south_america / 17.8e6 < 1.25
     circle = constrained_area_km2([Constraint.within(*doubles.PARIS, 50, "Paris")], geocoder)
     assert circle == pytest.approx(np.pi * 50**2, rel=0.01)
     both = constrained_area_km2([Constraint.in_country("FR", "France"), Constraint.within(*doubles.PARIS, 50)],
