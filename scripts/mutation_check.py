@@ -74,14 +74,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "decide-winner-cluster", "agent/decide.py",
         "winner = evidence.clusters[by_mass[0]]",
         "winner = evidence.clusters[by_mass[-1]]",
-        ("tests/agent", "tests/eval/test_presets.py"),
+        ("tests/agent/test_decide.py", "tests/eval/test_presets.py"),
         "the answer taken from the lightest cluster instead of the heaviest",
     ),
     Mutation(
         "decide-answer-candidate", "agent/decide.py",
         "        lat=winner.lat,\n        lon=winner.lon,",
         "        lat=alternatives[-1].lat,\n        lon=alternatives[-1].lon,",
-        ("tests/agent", "tests/eval/test_presets.py"),
+        ("tests/agent/test_decide.py", "tests/eval/test_presets.py"),
         "the answer taken from the last alternative's lead instead of the winning cluster's centre",
     ),
     Mutation(
