@@ -2,8 +2,9 @@
 
 GeoJSON and KML hold points, so images without a coordinate (errors, failed predictions) are left
 out of them and counted in the :class:`ExportReport`; CSV and JSONL keep every image, failures
-included, with their reason. Every export is written to a temporary file and renamed into place,
-so a failed export never leaves half a file behind.
+included, with their reason. Every format carries each image's ``status`` (ok / degraded / failed /
+error) and the stages a degraded answer was missing. Every export is written atomically
+(:mod:`geosleuth.fileio`), so a failed export never leaves half a file behind.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from geosleuth.errors import DataFileError
+from geosleuth.fileio import atomic_writer
+from geosleuth.types import LEVELS
 
 from .batch import ResultRecord, read_results
 
@@ -26,11 +28,13 @@ ExportFormat = Literal["jsonl", "csv", "geojson", "kml"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_SUFFIXES: dict[str, str] = {"jsonl": ".jsonl", "csv": ".csv", "geojson": ".geojson", "kml": ".kml"}
 KML_NAMESPACE = "http://www.opengis.net/kml/2.2"
+# Calibrated per-level probabilities (geosleuth.types.LevelConfidence), one column each.
+LEVEL_COLUMNS = tuple(f"p_{level}" for level in LEVELS)
 
 CSV_COLUMNS = (
     "id", "path", "status", "lat", "lon", "confidence", "place", "continent", "country", "country_code",
-    "admin1", "admin2", "city", "alternatives", "sources_used", "failure_reason", "error", "error_type",
-    "trace_id",
+    "admin1", "admin2", "city", "alternatives", "sources_used", "missing_stages", "failure_reason", "error",
+    "error_type", "trace_id", *LEVEL_COLUMNS,
 )
 
 
@@ -40,12 +44,7 @@ class ExportReport:
     format: str
     written: int  # images in the export
     without_coordinate: int  # images left out (GeoJSON/KML) or exported as failures (CSV/JSONL)
-
-
-def _status(record: ResultRecord) -> str:
-    if record.prediction is None:
-        return "error"
-    return "ok" if record.prediction.ok else "no-coordinate"
+    degraded: int = 0  # images whose answer lacks a required stage (status "degraded")
 
 
 def _failure(record: ResultRecord) -> str | None:
@@ -62,6 +61,8 @@ def _properties(record: ResultRecord) -> dict[str, Any]:
     return {
         "id": record.id,
         "path": record.path,
+        "status": record.status,
+        "missing_stages": ";".join(prediction.missing_stages),
         "confidence": prediction.confidence,
         "place": place.hierarchy() if place else None,
         "country": place.country if place else None,
@@ -69,6 +70,7 @@ def _properties(record: ResultRecord) -> dict[str, Any]:
         "city": place.city if place else None,
         "alternatives": len(prediction.alternatives),
         "trace_id": prediction.trace_id,
+        **(prediction.levels.columns() if prediction.levels else {}),
     }
 
 
@@ -79,7 +81,8 @@ def _rows(records: Sequence[ResultRecord]) -> Iterator[dict[str, Any]]:
         yield {
             "id": record.id,
             "path": record.path,
-            "status": _status(record),
+            "status": record.status,
+            "missing_stages": ";".join(prediction.missing_stages) if prediction else None,
             "lat": prediction.lat if prediction else None,
             "lon": prediction.lon if prediction else None,
             "confidence": prediction.confidence if prediction else None,
@@ -96,26 +99,13 @@ def _rows(records: Sequence[ResultRecord]) -> Iterator[dict[str, Any]]:
             "error": record.error,
             "error_type": record.error_type,
             "trace_id": prediction.trace_id if prediction else None,
+            **(prediction.levels.columns() if prediction and prediction.levels else dict.fromkeys(LEVEL_COLUMNS)),
         }
-
-
-@contextmanager
-def _atomic_text(out: Path, newline: str | None = None) -> Iterator[IO[str]]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline=newline) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_jsonl(records: Sequence[ResultRecord], out: Path) -> int:
     """The complete records again, one per line (e.g. to drop a killed run's half-written line)."""
-    with _atomic_text(out) as handle:
+    with atomic_writer(out) as handle:
         for record in records:
             row: dict[str, Any] = {"id": record.id, "path": record.path}
             if record.prediction is not None:
@@ -129,7 +119,7 @@ def write_jsonl(records: Sequence[ResultRecord], out: Path) -> int:
 
 def write_csv(records: Sequence[ResultRecord], out: Path) -> int:
     """One row per image with a header (:data:`CSV_COLUMNS`); empty cells where nothing is known."""
-    with _atomic_text(out, newline="") as handle:
+    with atomic_writer(out, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in _rows(records):
@@ -158,7 +148,7 @@ def to_geojson(records: Sequence[ResultRecord]) -> dict[str, Any]:
 
 def write_geojson(records: Sequence[ResultRecord], out: Path) -> int:
     collection = to_geojson(records)
-    with _atomic_text(out) as handle:
+    with atomic_writer(out) as handle:
         json.dump(collection, handle, ensure_ascii=False, indent=1)
         handle.write("\n")
     return len(collection["features"])
@@ -186,7 +176,8 @@ def to_kml(records: Sequence[ResultRecord], *, name: str = "geosleuth results") 
         sub(mark, "name", record.id)
         props = _properties(record)
         conf = f"{prediction.confidence:.2f}" if prediction.confidence is not None else "unknown"
-        sub(mark, "description", f"{props['place'] or 'unknown place'} (confidence {conf})")
+        degraded = f"; degraded: no {props['missing_stages']}" if prediction.degraded else ""
+        sub(mark, "description", f"{props['place'] or 'unknown place'} (confidence {conf}{degraded})")
         extended = sub(mark, "ExtendedData")
         for key, value in props.items():
             if value is None:
@@ -202,7 +193,7 @@ def to_kml(records: Sequence[ResultRecord], *, name: str = "geosleuth results") 
 def write_kml(records: Sequence[ResultRecord], out: Path) -> int:
     tree = to_kml(records, name=out.stem)
     ET.indent(tree)
-    with _atomic_text(out) as handle:
+    with atomic_writer(out) as handle:
         tree.write(handle, encoding="unicode", xml_declaration=True)
         handle.write("\n")
     return sum(1 for r in records if r.ok)
@@ -227,7 +218,9 @@ def export_records(records: Sequence[ResultRecord], fmt: str, out: str | os.Path
         raise DataFileError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     target = Path(out)
     written = _WRITERS[fmt](records, target)
-    return ExportReport(target, fmt, written, sum(1 for r in records if not r.ok))
+    return ExportReport(
+        target, fmt, written, sum(1 for r in records if not r.ok), sum(1 for r in records if r.status == "degraded")
+    )
 
 
 def export_results(

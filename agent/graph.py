@@ -6,11 +6,12 @@ models arrive as the run's LangGraph context (:class:`~geosleuth.agent.runtime.R
 CPU-bound work (decoding, encoders, index search) runs in worker threads so many images can be in
 flight on one event loop.
 
-Failure policy: a bad image (perceive) or a broken index (retrieve) raises; the VLM is an optional
-source, so unusable replies, an unreachable server or a crash in the VLM step are recorded in
-``failures`` and the answer comes from retrieval, while a VLM misconfiguration every image would hit
-(refused API key, model not served) raises; an image with no candidate at all gets a Prediction with
-lat=None and a reason.
+Failure policy: a bad image (perceive) or a broken index (retrieve) raises; unusable replies, an
+unreachable server or a crash in the VLM step are recorded in ``failures`` and the answer comes from
+retrieval, marked ``status = degraded`` with ``missing_stages = ["vlm"]`` (every stage the
+configuration asks for that did not contribute is named there); a VLM misconfiguration every image
+would hit (refused API key, model not served) raises; an image with no candidate at all gets a
+Prediction with lat=None, status ``failed`` and a reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +32,19 @@ from geosleuth.agent.progress import announced, token_reporter
 from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
-from geosleuth.agent.state import Constraint, LocateState, contains_all, initial_state
-from geosleuth.agent.verify import verify, weights_of
+from geosleuth.agent.state import LocateState, initial_state
+from geosleuth.agent.verify import Verification, verify, weights_of
+from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
 from geosleuth.types import (
+    STAGE_GALLERY,
+    STAGE_GPS_GALLERY,
+    STAGE_VLM,
     CandidateSource,
     Prediction,
     ProgressEvent,
     ReasoningResult,
+    RunSummary,
     StepFailure,
     Trace,
     TraceEvent,
@@ -55,6 +61,8 @@ _SOURCE_NAMES = {
     CandidateSource.VLM: SOURCE_VLM,
     CandidateSource.USER: SOURCE_USER,
 }
+# Called with (step name, its TraceEvent) as each step of a run finishes.
+StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
 # Trace outputs quote at most this many failure messages of one step.
 _MAX_QUOTED_ERRORS = 3
 
@@ -153,8 +161,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         return {"reasoning": None, "events": [_event(state, "reason", started, inputs, outputs)]}
 
     prior = state.get("prior_reasoning")
-    constraints = state.get("constraints", [])
-    if prior is not None and _still_fits(prior, constraints, res):
+    if prior is not None:  # the caller (the chat) chose earlier answers that fit its hints
         outputs = {"reused_earlier_answers": True, **_reasoning_outputs(prior)}
         return {
             "reasoning": prior,
@@ -185,18 +192,10 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
     }
 
 
-def _still_fits(prior: ReasoningResult, constraints: Sequence[Constraint], res: Resources) -> bool:
-    """Earlier answers are reused unless none of them lies inside the new constraints."""
-    if not constraints:
-        return True
-    hyps = prior.hypotheses
-    inside = contains_all(constraints, [h.lat for h in hyps], [h.lon for h in hyps], res.geocoder)
-    return bool(hyps) and bool(inside.any())
-
-
 def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
     return {
         "hypotheses": [h.model_dump(mode="json") for h in reasoning.hypotheses],
+        "abstentions": [a.model_dump(mode="json") for a in reasoning.abstentions],
         "failures": [f.model_dump(mode="json") for f in reasoning.failures],
         "raw_replies": list(reasoning.raw_replies),
         "prompts": [p.model_dump(mode="json", exclude={"rendered"}) for p in reasoning.prompts],
@@ -233,20 +232,24 @@ async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         geocoder=res.geocoder,
         config=res.config.verify,
         constraints=constraints,
+        calibration=res.calibration,
     )
     inputs = {
-        "weights": weights_of(res.config.verify),
-        "support_radius_km": res.config.verify.support_radius_km,
+        "weights": weights_of(res.config.verify, res.calibration),
+        "cluster_radius_km": res.config.verify.refine_radius_km,
+        "calibration": res.calibration.label if res.calibration is not None else None,
         "constraints": [c.model_dump(mode="json") for c in constraints],
     }
     outputs = {
         "components": verification.components,
         "candidates": [c.model_dump(mode="json") for c in verification.ranked],
         "rejected_by_constraint": [c.model_dump(mode="json") for c in verification.rejected],
+        "evidence": verification.evidence.model_dump(mode="json") if verification.evidence else None,
     }
     return {
         "ranked": verification.ranked,
         "rejected": verification.rejected,
+        "evidence": verification.evidence,
         "events": [_event(state, "verify", started, inputs, outputs)],
     }
 
@@ -260,7 +263,7 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
     sources = [name for source, name in _SOURCE_NAMES.items() if any(c.source == source for c in pool)]
     top_k = state.get("top_k") or res.config.verify.top_k
     prediction = decide(
-        ranked,
+        Verification(ranked=ranked, rejected=state.get("rejected", []), evidence=state.get("evidence")),
         image=state["image_ref"],
         hypotheses=reasoning.hypotheses if reasoning is not None else [],
         geocoder=res.geocoder,
@@ -271,16 +274,54 @@ async def decide_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         no_candidate_reason=_no_candidate_reason(state, res),
     )
     prediction.trace_id = state["trace_id"]
+    missing = missing_stages(state, res)
+    if missing:  # re-validated: the status follows from the missing stages and the coordinate
+        prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": missing})
     outputs = {
         "lat": prediction.lat,
         "lon": prediction.lon,
         "place": prediction.place.model_dump(mode="json") if prediction.place else None,
         "confidence": prediction.confidence,
+        "levels": prediction.levels.model_dump(mode="json") if prediction.levels else None,
         "sources_used": prediction.sources_used,
         "failure_reason": prediction.failure_reason,
+        "status": prediction.status.value,
+        "missing_stages": prediction.missing_stages,
     }
     inputs = {"ranked_candidates": len(ranked), "top_k": top_k, "refine_radius_km": res.config.verify.refine_radius_km}
     return {"prediction": prediction, "events": [_event(state, "decide", started, inputs, outputs)]}
+
+
+def required_stages(res: Resources) -> list[str]:
+    """The stages this configuration asks for: an answer without one of them is degraded."""
+    required = []
+    if res.backend is not None:  # vlm.backend != none
+        required.append(STAGE_VLM)
+    if res.store is not None:  # index.gallery is set
+        required.append(STAGE_GALLERY)
+    if res.gps_gallery is not None and res.config.retrieval.k_gps > 0:  # index.gps_gallery is not none
+        required.append(STAGE_GPS_GALLERY)
+    return required
+
+
+def missing_stages(state: LocateState, res: Resources) -> list[str]:
+    """Required stages that gave this image nothing: the VLM without one usable answer, a gallery
+    that did not answer. (A GPS gallery needs a GeoCLIP embedding: without one it is not asked.)"""
+    retrieval = state.get("retrieval")
+    sources = retrieval.sources if retrieval is not None else []
+    embeddings = state.get("embeddings")
+    missing = []
+    for stage in required_stages(res):
+        if stage == STAGE_VLM:
+            reasoning = state.get("reasoning")
+            if reasoning is None or not reasoning.hypotheses:
+                missing.append(stage)
+        elif stage == STAGE_GPS_GALLERY:
+            if embeddings is not None and embeddings.geoclip is not None and stage not in sources:
+                missing.append(stage)
+        elif stage not in sources:
+            missing.append(stage)
+    return missing
 
 
 def _no_candidate_reason(state: LocateState, res: Resources) -> str:
@@ -307,6 +348,10 @@ def _no_candidate_reason(state: LocateState, res: Resources) -> str:
         details.append("no VLM (vlm.backend = none)")
     else:
         details += [f.error for f in state.get("failures", []) if f.step == "reason"]
+        reasoning = state.get("reasoning")
+        if reasoning is not None and reasoning.abstentions:
+            why = reasoning.abstentions[0].reason
+            details.append(f"the VLM said it cannot tell in {len(reasoning.abstentions)} answer(s) (e.g. {why!r})")
     if constraints:
         details.append("constraints " + " and ".join(c.label for c in constraints))
     return "no source proposed a candidate location: " + "; ".join(details or ["nothing was retrieved"])
@@ -338,6 +383,9 @@ class LocateOutcome:
     prediction: Prediction
     trace: Trace
     reasoning: ReasoningResult | None  # kept so a chat hint can reuse the VLM's answers
+    # What a follow-up question is answered from (typed; the trace is for viewing). Always set by
+    # LocatePipeline; None only from wrappers that build outcomes themselves.
+    summary: RunSummary | None = None
 
 
 class LocatePipeline:
@@ -373,25 +421,45 @@ class LocatePipeline:
             hint=hint,
         )
 
-    async def run(self, image_path: str, **options: Any) -> LocateOutcome:
+    async def run(self, image_path: str, *, on_step: StepCallback | None = None, **options: Any) -> LocateOutcome:
         """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
         ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
         us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
-        verification); not shown when ``prior_reasoning`` is reused."""
+        verification). ``prior_reasoning``: earlier VLM answers to reuse instead of asking again (the
+        caller picks those that fit its constraints); the hint is then not shown to anyone.
+        ``on_step``: awaited with ``(step, its TraceEvent)`` as each step finishes (progress displays)."""
         start = self._start(image_path, **options)
-        final = await self.graph.ainvoke(start, context=self.resources)
+        if on_step is None:
+            return self.outcome(await self.graph.ainvoke(start, context=self.resources))
+        final: dict[str, Any] = {}
+        async for step, update in self._steps(start):
+            if step == "done":
+                final = update
+            else:
+                await on_step(step, update["event"])
         return self.outcome(final)
 
     async def stream(
         self, image_path: str, *, progress: bool = False, **options: Any
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(step, update)`` per node as it finishes (``update["event"]`` is its TraceEvent), then
-        ``("done", {"prediction": ..., "trace": ...})``. ``progress``: also ``("progress", {"progress":
-        ProgressEvent})`` while steps run (step started, VLM tokens so far, step finished).
-        ``options``: those of :meth:`run` but ``prior_reasoning``."""
+        ``("done", {"prediction": ..., "trace": ..., "summary": ...})``. ``progress``: also ``("progress",
+        {"progress": ProgressEvent})`` while steps run (step started, VLM tokens so far, step finished).
+        ``options``: those of :meth:`run` but ``prior_reasoning`` and ``on_step``."""
         if "prior_reasoning" in options:
             raise TypeError("LocatePipeline.stream() got an unexpected keyword argument 'prior_reasoning'")
-        start = self._start(image_path, **options)
+        async for step, update in self._steps(self._start(image_path, **options), progress=progress):
+            if step == "done":
+                outcome = self.outcome(update)
+                yield "done", {"prediction": outcome.prediction, "trace": outcome.trace, "summary": outcome.summary}
+            else:
+                yield step, update
+
+    async def _steps(
+        self, start: dict[str, Any], *, progress: bool = False
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(step, update)`` per node as it finishes (``update["event"]``: its TraceEvent), then
+        ``("done", the final state)``; with ``progress``, ``("progress", ...)`` while steps run."""
         final: dict[str, Any] | None = None
         modes = ["updates", "values", "custom"] if progress else ["updates", "values"]
         async for mode, chunk in self.graph.astream(start, context=self.resources, stream_mode=modes):
@@ -408,8 +476,7 @@ class LocatePipeline:
                 yield step, {"event": events[0] if events else None, **update}
         if final is None or "prediction" not in final:  # pragma: no cover - the graph always ends in decide
             raise RuntimeError("the locate graph ended without a prediction")
-        outcome = self.outcome(final)
-        yield "done", {"prediction": outcome.prediction, "trace": outcome.trace}
+        yield "done", final
 
     def outcome(self, final: dict[str, Any]) -> LocateOutcome:
         reasoning = final.get("reasoning")
@@ -423,4 +490,13 @@ class LocatePipeline:
             prompts=list(reasoning.prompts) if reasoning is not None else [],
             prediction=prediction,
         )
-        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning)
+        summary = RunSummary(
+            prediction=prediction,
+            candidates=list(final.get("ranked", [])),
+            rejected=list(final.get("rejected", [])),
+            hypotheses=list(reasoning.hypotheses) if reasoning is not None else [],
+            reasoning_failures=list(reasoning.failures) if reasoning is not None else [],
+            constraints=[c.label for c in final.get("constraints", [])],
+            reused_answers=reasoning is not None and final.get("prior_reasoning") is not None,
+        )
+        return LocateOutcome(prediction=prediction, trace=trace, reasoning=reasoning, summary=summary)

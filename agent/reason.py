@@ -5,7 +5,13 @@ One prompt per G3-style variant (the same question with 0 / 5 / 10 / 15 retrieve
 variants concurrently, ``config.vlm.samples_per_variant`` samples each. Every reply is validated
 against :class:`~geosleuth.prompts.schema.GeoAnswer`; an invalid reply is re-asked once with the
 validation error, and if that fails too it becomes a :class:`ReasoningFailure` with the raw text
-kept. No coordinate is ever invented: missing or out-of-range coordinates are failures.
+kept. No coordinate is ever invented: missing or out-of-range coordinates are failures, and a reply
+that says it cannot tell (a null coordinate with a reason) is an :class:`Abstention`, not a point.
+
+Echoes: an answer whose coordinate lies within ``ECHO_RADIUS_KM`` of a coordinate its own prompt
+showed (a gallery neighbour or GPS candidate) is marked ``Hypothesis.echo_of``: it may have copied
+the hint rather than read the photo, so verification does not count it as independent evidence.
+Each hypothesis records ``shown_coordinates`` (0 = a zero-shot answer).
 
 A request the backend could not serve (server down after retries, refused request) becomes failure
 records, so the pipeline can still answer from retrieval; a misconfiguration (model missing, bad
@@ -20,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from geosleuth.agent.trace_view import TraceDigest, digest
 from geosleuth.errors import ConfigError, VLMError
+from geosleuth.geo import haversine_km
 from geosleuth.prompts.render import PromptTemplate, load_template, render
 from geosleuth.prompts.schema import (
     SCHEMA_NAME,
@@ -32,6 +38,7 @@ from geosleuth.prompts.schema import (
     parse_answer,
 )
 from geosleuth.types import (
+    Abstention,
     Candidate,
     Clue,
     GalleryNeighbor,
@@ -43,8 +50,7 @@ from geosleuth.types import (
     ReasoningFailure,
     ReasoningResult,
     RetrievalResult,
-    StepFailure,
-    Trace,
+    RunSummary,
 )
 from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMReply, VLMRequest, VLMRequestError, as_replies
 
@@ -55,15 +61,18 @@ if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
 
 REPAIR_TEMPLATE_ID = "answer_repair"
+# An answer this close to a coordinate shown in its own prompt repeats it (GeoCLIP's GPS gallery
+# points are about 60 km apart on average, a city is ~10-20 km across).
+ECHO_RADIUS_KM = 5.0
 # A bad reply is quoted back in the repair turn; a runaway one is cut so the repair still fits.
 MAX_ECHOED_REPLY_CHARS = 4000
 
 
 @dataclass(frozen=True)
 class FollowupLimits:
-    """How much of a result and its trace a follow-up prompt quotes.
+    """How much of a result and its run summary a follow-up prompt quotes.
 
-    A trace can hold hundreds of candidates and long model texts; the follow-up prompt must still
+    A run can hold hundreds of candidates and long model texts; the follow-up prompt must still
     fit a small model's context, so every list is cut to a count and every text to a length.
     """
 
@@ -137,9 +146,40 @@ def _clean(text: str | None) -> str | None:
     return text or None
 
 
+@dataclass(frozen=True)
+class ShownCoordinate:
+    label: str  # e.g. "neighbor 2", "gps candidate 1"
+    lat: float
+    lon: float
+
+
+def shown_coordinates(variant: PromptVariant, retrieval: RetrievalResult) -> list[ShownCoordinate]:
+    """The coordinates a variant's prompt shows (similar and dissimilar neighbours, GPS candidates)."""
+    shown = [ShownCoordinate(f"neighbor {i + 1}", n.lat, n.lon)
+             for i, n in enumerate(retrieval.neighbors[: variant.n_neighbors])]
+    shown += [ShownCoordinate(f"dissimilar neighbor {i + 1}", n.lat, n.lon)
+              for i, n in enumerate(retrieval.dissimilar[: variant.n_dissimilar])]
+    shown += [ShownCoordinate(f"gps candidate {i + 1}", g.lat, g.lon)
+              for i, g in enumerate(retrieval.gps_candidates[: variant.n_gps])]
+    return shown
+
+
+def echo_of(lat: float, lon: float, shown: Sequence[ShownCoordinate], radius_km: float = ECHO_RADIUS_KM) -> str | None:
+    """Which shown coordinate (if any) an answer repeats: the nearest within ``radius_km``."""
+    if not shown:
+        return None
+    distances = [float(haversine_km(lat, lon, c.lat, c.lon)) for c in shown]
+    nearest = min(range(len(shown)), key=distances.__getitem__)
+    if distances[nearest] > radius_km:
+        return None
+    c = shown[nearest]
+    return f"{c.label} ({c.lat:.4f}, {c.lon:.4f}), {distances[nearest]:.1f} km away"
+
+
 @dataclass
 class _Outcome:
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    abstentions: list[Abstention] = field(default_factory=list)
     failures: list[ReasoningFailure] = field(default_factory=list)
     prompts: list[PromptRecord] = field(default_factory=list)
     raw_replies: list[str] = field(default_factory=list)
@@ -229,10 +269,24 @@ class _Reasoner:
             "before the answer was complete; raise vlm.max_new_tokens",
             reply.text, "cut_off",
         )
+    def accept(
+        self, outcome: _Outcome, answer: GeoAnswer, raw: str, template: PromptTemplate, variant: str, index: int,
+        shown: Sequence[ShownCoordinate],
+    ) -> None:
+        """A valid answer becomes an abstention (null coordinate) or a hypothesis (echo-checked)."""
+        if answer.abstains:
+            outcome.abstentions.append(Abstention(
+                variant=variant, template_id=template.id, template_hash=template.sha256, model=self.backend.model_id,
+                reason=(answer.cannot_tell_because or "").strip(), raw_text=raw, sample_index=index,
+            ))
+            return
+        outcome.hypotheses.append(self.hypothesis(answer, raw, template, variant, index, shown))
 
     def hypothesis(
-        self, answer: GeoAnswer, raw: str, template: PromptTemplate, variant: str, index: int
+        self, answer: GeoAnswer, raw: str, template: PromptTemplate, variant: str, index: int,
+        shown: Sequence[ShownCoordinate] = (),
     ) -> Hypothesis:
+        assert answer.latitude is not None and answer.longitude is not None  # abstentions never get here
         return Hypothesis(
             clues=[Clue(observation=c.observation, implication=c.implication) for c in answer.clues],
             continent=_clean(answer.continent),
@@ -249,9 +303,11 @@ class _Reasoner:
             model=self.backend.model_id,
             variant=variant,
             sample_index=index,
+            shown_coordinates=len(shown),
+            echo_of=echo_of(answer.latitude, answer.longitude, shown),
         )
 
-    async def run_variant(self, variant: str, prompt: str) -> _Outcome:
+    async def run_variant(self, variant: str, prompt: str, shown: Sequence[ShownCoordinate] = ()) -> _Outcome:
         outcome = _Outcome(prompts=[self.record(self.template, variant, prompt)])
         question = ChatMessage("user", prompt, [self.image])
         try:
@@ -272,7 +328,7 @@ class _Reasoner:
                 outcome.failures.append(self.cut_off(self.template, variant, index, reply))
                 continue
             try:
-                outcome.hypotheses.append(self.hypothesis(parse_answer(text), text, self.template, variant, index))
+                self.accept(outcome, parse_answer(text), text, self.template, variant, index, shown)
             except AnswerParseError as exc:
                 repairs.append((index, text, str(exc)))
         for index in range(len(texts), self.samples):
@@ -283,18 +339,22 @@ class _Reasoner:
                 )
             )
         results = await asyncio.gather(
-            *(self.repair(question, variant, index, text, error) for index, text, error in repairs)
+            *(self.repair(question, variant, index, text, error, shown) for index, text, error in repairs)
         )
         for repaired in results:
             outcome.prompts.extend(repaired.prompts)
             outcome.raw_replies.extend(repaired.raw_replies)
             outcome.hypotheses.extend(repaired.hypotheses)
+            outcome.abstentions.extend(repaired.abstentions)
             outcome.failures.extend(repaired.failures)
         outcome.hypotheses.sort(key=lambda h: h.sample_index)
         outcome.failures.sort(key=lambda f: f.sample_index)
         return outcome
 
-    async def repair(self, question: ChatMessage, variant: str, index: int, reply: str, error: str) -> _Outcome:
+    async def repair(
+        self, question: ChatMessage, variant: str, index: int, reply: str, error: str,
+        shown: Sequence[ShownCoordinate] = (),
+    ) -> _Outcome:
         """Re-ask once, quoting the validation error; a second invalid reply is a failure."""
         prompt = render(self.repair_template, error=error, answer_format=self.answer_format)
         outcome = _Outcome(prompts=[self.record(self.repair_template, variant, prompt)])
@@ -324,7 +384,7 @@ class _Reasoner:
                 )
             )
             return outcome
-        outcome.hypotheses.append(self.hypothesis(answer, second, self.repair_template, variant, index))
+        self.accept(outcome, answer, second, self.repair_template, variant, index, shown)
         return outcome
 
 
@@ -386,7 +446,8 @@ async def reason(
         for v in variants
     ]
     outcomes = await asyncio.gather(
-        *(reasoner.run_variant(v.name, prompt) for v, prompt in zip(variants, prompts, strict=True)),
+        *(reasoner.run_variant(v.name, prompt, shown_coordinates(v, retrieval))
+          for v, prompt in zip(variants, prompts, strict=True)),
         return_exceptions=True,  # let every variant finish before a misconfiguration error propagates
     )
     result = ReasoningResult()
@@ -394,6 +455,7 @@ async def reason(
         if isinstance(outcome, BaseException):
             raise outcome
         result.hypotheses.extend(outcome.hypotheses)
+        result.abstentions.extend(outcome.abstentions)
         result.failures.extend(outcome.failures)
         result.prompts.extend(outcome.prompts)
         result.raw_replies.extend(outcome.raw_replies)
@@ -455,22 +517,20 @@ def _hypotheses_by_variant(hypotheses: Sequence[Hypothesis], limits: FollowupLim
     return [{"variant": _clip(variant, limits.text_chars), "answers": answers} for variant, answers in rows.items()]
 
 
-def _trace_summary(found: TraceDigest, prediction: Prediction, limits: FollowupLimits) -> dict[str, Any]:
-    """What the follow-up prompt quotes from a trace besides its candidates: the VLM's answers per
-    variant, the sources used and what failed, each list cut."""
-    trace = found.trace
-    result = trace.prediction or prediction
-    failures = list(result.failures)
-    failures += [
-        StepFailure(step=e.step, error=e.error)
-        for e in trace.events
-        if e.error and not any(f.error == e.error for f in failures)
-    ]
+def _run_rows(summary: RunSummary, limits: FollowupLimits) -> dict[str, Any]:
+    """What the follow-up prompt quotes about how the result was reached, besides its candidates:
+    the VLM's answers per variant, the sources used, the user's constraints and what failed, each
+    list cut."""
+    prediction = summary.prediction
+    failures = prediction.failures
     return {
-        "variants": _hypotheses_by_variant(found.hypotheses, limits),
-        "hypotheses_shown": min(len(found.hypotheses), limits.hypotheses),
-        "hypotheses_total": len(found.hypotheses),
-        "sources": [_clip(s, limits.text_chars) for s in result.sources_used],
+        "variants": _hypotheses_by_variant(summary.hypotheses, limits),
+        "hypotheses_shown": min(len(summary.hypotheses), limits.hypotheses),
+        "hypotheses_total": len(summary.hypotheses),
+        "reused_answers": summary.reused_answers,
+        "sources": [_clip(s, limits.text_chars) for s in prediction.sources_used],
+        "constraints": [_clip(c, limits.text_chars) for c in summary.constraints],
+        "rejected_total": len(summary.rejected),
         "failures": [
             {"step": _clip(f.step, limits.text_chars), "error": _clip(f.error, limits.text_chars)}
             for f in failures[: limits.failures]
@@ -482,28 +542,30 @@ def _trace_summary(found: TraceDigest, prediction: Prediction, limits: FollowupL
 async def answer_followup(
     backend: VLMBackend,
     image: Image.Image | None,
-    prediction: Prediction,
+    result: Prediction | RunSummary,
     question: str,
     *,
     config: Config,
     history: Sequence[tuple[str, str]] = (),
-    trace: Trace | None = None,
     limits: FollowupLimits = FOLLOWUP_LIMITS,
 ) -> str:
     """The VLM's plain-text answer to a user's question about an earlier result.
 
-    ``history`` holds earlier (question, answer) turns of the same conversation, oldest first; the
-    first turn carries the result summary (template ``config.prompts.chat_template``) and the image.
-    ``trace``: the result's reasoning trace; the first turn then also summarises it (top candidates
-    with component scores, the VLM's answers per variant, sources, failures), cut to ``limits``.
-    Backend errors propagate (the chat shows them); an empty reply raises :class:`VLMError`.
+    ``result``: the run's :class:`RunSummary` (the prediction, every ranked candidate with its
+    component scores, the VLM's answers per variant, constraints, failures), or only its
+    :class:`Prediction` (then its alternatives stand for the candidates). ``history`` holds earlier
+    (question, answer) turns of the same conversation, oldest first; the first turn carries the
+    result summary (template ``config.prompts.chat_template``, every list cut to ``limits``) and
+    the image. Backend errors propagate (the chat shows them); an empty reply raises
+    :class:`VLMError`.
     """
     if not question.strip():
         raise VLMError("the question is empty; type a question about the result")
     template = load_template(config.prompts.chat_template)
-    found = digest(trace) if trace is not None else None
-    # The trace ranks every candidate verification scored; without one, the prediction's alternatives.
-    candidates = found.candidates if found is not None and found.candidates else prediction.alternatives
+    summary = result if isinstance(result, RunSummary) else None
+    prediction = result.prediction if isinstance(result, RunSummary) else result
+    # The summary ranks every candidate verification scored; a bare prediction, its alternatives.
+    candidates = summary.candidates if summary is not None and summary.candidates else prediction.alternatives
     turns = [*history, (question, "")]
     first = render(
         template,
@@ -513,7 +575,7 @@ async def answer_followup(
         clues_total=len(prediction.clues),
         candidates=_candidate_rows(candidates, limits),
         candidates_total=len(candidates),
-        trace=_trace_summary(found, prediction, limits) if found is not None else None,
+        run=_run_rows(summary, limits) if summary is not None else None,
         question=turns[0][0],
     )
     messages = [ChatMessage("user", first, [image] if image is not None else [])]

@@ -12,18 +12,19 @@ wider and filtered, and the GPS gallery is ranked among its points inside the co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geosleuth.agent.state import Constraint, contains_all
 from geosleuth.config import Config
+from geosleuth.constraints import Constraint, contains_all
 from geosleuth.types import GalleryNeighbor, GPSCandidate, RetrievalResult
 
 if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
     from geosleuth.index.encoders import ImageEmbeddings
     from geosleuth.index.gps_gallery import GPSGallery
+    from geosleuth.index.store import ImageGallery
 
 SOURCE_GALLERY = "gallery"
 SOURCE_GPS_GALLERY = "gps-gallery"
@@ -35,7 +36,7 @@ _GPS_CHUNK = 4096
 
 def retrieve(
     embeddings: ImageEmbeddings,
-    store: Any | None,
+    store: ImageGallery | None,
     gps_gallery: GPSGallery | None,
     config: Config,
     geocoder: ReverseGeocoder,
@@ -72,7 +73,7 @@ def retrieve(
 
 
 def _neighbors(
-    store: Any,
+    store: ImageGallery,
     query: np.ndarray,
     k: int,
     ids: tuple[str, ...],

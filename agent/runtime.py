@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.confidence import Calibration, load_calibration
 from geosleuth.config import Config, expand_path
 from geosleuth.geo import ReverseGeocoder
 
 if TYPE_CHECKING:
     from geosleuth.index.encoders import ImageEncoder, LocationEncoder
     from geosleuth.index.gps_gallery import GPSGallery
+    from geosleuth.index.store import ImageGallery
     from geosleuth.vlm.backends import VLMBackend
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,8 @@ NO_GPS_GALLERY = ("", "none")
 class Resources:
     """Everything a locate run needs besides its inputs. ``None`` means "not configured".
 
-    ``store`` is a :class:`geosleuth.index.store.GalleryStore` (typed loosely so this module imports
-    without the FAISS store); ``backend`` None means retrieval only (``vlm.backend = "none"``).
+    ``store`` is an image gallery (:class:`geosleuth.index.store.GalleryStore` when loaded from the
+    configuration); ``backend`` None means retrieval only (``vlm.backend = "none"``).
     """
 
     config: Config
@@ -39,8 +41,9 @@ class Resources:
     geocoder: ReverseGeocoder = field(default_factory=ReverseGeocoder)
     location_encoder: LocationEncoder | None = None
     gps_gallery: GPSGallery | None = None
-    store: Any | None = None
+    store: ImageGallery | None = None
     backend: VLMBackend | None = None
+    calibration: Calibration | None = None  # None: verify.calibration, else the shipped default
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -86,8 +89,13 @@ class Resources:
             gps_gallery=gps_gallery,
             store=store,
             backend=backend,
+            calibration=timed("calibration", lambda: load_calibration(config.verify.calibration)),
             load_seconds=timings,
         )
+
+    def __post_init__(self) -> None:
+        if self.calibration is None:
+            self.calibration = load_calibration(self.config.verify.calibration)
 
     def model_ids(self) -> dict[str, str]:
         """Role -> model/index id, as recorded in every trace."""
@@ -97,10 +105,10 @@ class Resources:
         if self.gps_gallery is not None:
             ids["gps_gallery"] = f"{self.gps_gallery.source} ({len(self.gps_gallery)} points)"
         if self.store is not None:
-            manifest = getattr(self.store, "manifest", None)
-            where = str(getattr(self.store, "path", self.config.index.gallery))
-            ids["gallery"] = f"{where} ({manifest.count} images, {manifest.index_type})" if manifest else where
+            ids["gallery"] = self.store.describe()
         ids["vlm"] = self.backend.model_id if self.backend is not None else "none"
+        if self.calibration is not None:
+            ids["calibration"] = self.calibration.label
         return ids
 
     async def aclose(self) -> None:
@@ -109,6 +117,5 @@ class Resources:
             if self.backend is not None:
                 await self.backend.aclose()
         finally:
-            close_store = getattr(self.store, "close", None)
-            if close_store is not None:
-                close_store()
+            if self.store is not None:
+                self.store.close()

@@ -1,58 +1,62 @@
-"""The verify stage: pool every candidate location, score each on independent evidence, rank.
+"""The verify stage: pool every candidate location and score it under one evidence model.
 
 Candidate pool: gallery-neighbour coordinates, GPS-gallery candidates, VLM hypotheses, and the
-centre of any "within N km of PLACE" user constraint.
+centre of any "within N km of PLACE" user constraint. The scoring, clustering and per-cluster mass
+live in :mod:`geosleuth.agent.fusion` (read its docstring for the model); this module gathers the
+evidence into it:
 
-Component scores, each in [0, 1] (``Candidate.scores``; a component is absent from a candidate's
-scores when it is off or does not apply to it):
+- gallery neighbours (``gallery``), weighted by similarity;
+- GPS-gallery candidates (``geoclip``), weighted by GeoCLIP's softmax: cosine similarities between
+  the image's GeoCLIP embedding and each candidate's location embedding (recomputed with the
+  location encoder when there is one), times the encoder's logit scale;
+- VLM answers, zero-shot and retrieval-informed apart (``vlm-zero-shot``, ``vlm-informed``),
+  weighted by stated confidence and by ``geo_consistency`` (does the stated country, else continent,
+  match the reverse-geocoded place of the coordinate); echoes (``Hypothesis.echo_of``) are dropped.
 
-- ``geoclip``: GeoCLIP image-location similarity. Cosine similarities ``s`` between the image's
-  GeoCLIP embedding and each candidate's location embedding become ``exp(logit_scale * (s - max s))``:
-  GeoCLIP's own softmax, relative to the pool's best candidate (which gets 1). Relative to the best,
-  not summed over the pool, so ten copies of one place do not dilute each other. Needs a GeoCLIP
-  embedding (an image encoder with the GeoCLIP head) and a location encoder.
-- ``neighbor_support``: similarity-weighted fraction of the retrieved gallery neighbours within
-  ``support_radius_km`` (haversine) of the candidate. Needs an image gallery.
-- ``vlm_agreement``: fraction of all VLM hypotheses within ``support_radius_km``. Needs hypotheses.
-- ``geo_consistency``: VLM candidates only: does the country (else continent) the answer states
-  match the reverse-geocoded place of its own coordinate (1 = country and region match, 0.75 =
-  country matches but the stated region does not, 0.25 = only the continent matches, 0 = neither).
-  Not applicable to other candidates (they state no place) nor to answers stating none.
-
-A candidate's score is the weighted mean of the components that apply to it (weights in
-``config.verify``; weight 0 turns a component off everywhere, for ablations).
-``config.verify.candidate_sources`` limits which sources' locations enter the pool (the answer is
-one of them); the other sources' neighbours and answers still count as support and agreement.
-Candidates outside a user constraint are rejected (kept for the trace, never ranked).
-``confidence`` is each candidate's share of the ranked pool's total score (sums to 1): with GeoCLIP
-alone that is GeoCLIP's own softmax over the pool; a sharper softmax of the scores would claim
-certainty the evidence does not give.
+``config.verify.w_*`` scale the calibrated source weights (``w_neighbor_support`` -> gallery,
+``w_geoclip`` -> geoclip, ``w_vlm_agreement`` -> both VLM sources; 0 turns a source off, for
+ablations); ``w_geo_consistency`` is how strongly a contradicting answer is down-weighted (0..1).
+``config.verify.candidate_sources`` limits which sources' locations may be the answer; the others
+still count as evidence. Candidates and evidence outside a user constraint are dropped (the
+candidates are kept for the trace, never ranked).
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geosleuth.agent.state import Constraint, contains_all
+from geosleuth.agent.confidence import GALLERY, GEOCLIP, SOURCES, VLM_INFORMED, VLM_ZERO_SHOT, Calibration
+from geosleuth.agent.fusion import (
+    EARTH_AREA_KM2,
+    EvidenceItem,
+    allowed_area_km2,
+    candidate_key,
+    fibonacci_lattice,
+    fuse,
+    source_of_hypothesis,
+)
 from geosleuth.config import VerifyConfig
+from geosleuth.constraints import Constraint, contains_all
 from geosleuth.errors import ConfigError
-from geosleuth.geo import CONTINENT_NAMES, haversine_km
-from geosleuth.types import Candidate, CandidateSource, Hypothesis, Place, RetrievalResult
+from geosleuth.geo import CONTINENT_NAMES, fold_name
+from geosleuth.types import Candidate, CandidateSource, FusionEvidence, Hypothesis, Place, RetrievalResult
 
 if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
     from geosleuth.index.encoders import LocationEncoder
 
-GEOCLIP = "geoclip"
-NEIGHBOR_SUPPORT = "neighbor_support"
-VLM_AGREEMENT = "vlm_agreement"
-GEO_CONSISTENCY = "geo_consistency"
-COMPONENTS = (GEOCLIP, NEIGHBOR_SUPPORT, VLM_AGREEMENT, GEO_CONSISTENCY)
+# GeoCLIP's shipped logit scale (exp(3.681)), used when no location encoder gives its own.
+GEOCLIP_LOGIT_SCALE = 39.7
+# Lattice points used to measure the area inside a user constraint (about 25,000 km^2 each).
+AREA_LATTICE_POINTS = 20_000
+# A lattice point counts as land when a town lies within this distance. Nearest-town reverse
+# geocoding gives every sea point to some country: without this, coastal countries measure many
+# times their size (Portugal ~65x, Japan ~15x; with it: within about 0.4x-5x, measured on 9 countries).
+LAND_TOWN_DISTANCE_KM = 150.0
 
 _CONTINENT_BY_NAME = {
     **{name.lower(): name for name in CONTINENT_NAMES.values()},
@@ -65,20 +69,24 @@ _CONTINENT_BY_NAME = {
 
 @dataclass(frozen=True)
 class Verification:
-    """What verification decided: ranked candidates, rejected ones, and which components ran."""
+    """What verification decided: scored candidates, rejected ones, the clusters and their evidence."""
 
-    ranked: list[Candidate]  # inside every constraint, best first; confidences sum to 1
-    rejected: list[Candidate] = field(default_factory=list)  # outside a user constraint, scored
-    components: dict[str, str] = field(default_factory=dict)  # name -> "on" / "off: ..." / "not applicable: ..."
+    ranked: list[Candidate]  # inside every constraint, best score first
+    rejected: list[Candidate] = field(default_factory=list)  # outside a user constraint
+    components: dict[str, str] = field(default_factory=dict)  # source -> "on" / "off: ..." / "not applicable: ..."
+    evidence: FusionEvidence | None = None  # clusters heaviest first; None when the pool is empty
 
 
-def weights_of(config: VerifyConfig) -> dict[str, float]:
-    return {
+def weights_of(config: VerifyConfig, calibration: Calibration | None = None) -> dict[str, float]:
+    """The effective log-linear weight per source: calibrated weight x the config's switch."""
+    fitted = calibration.fusion.sources if calibration is not None else None
+    switch = {
+        GALLERY: config.w_neighbor_support,
         GEOCLIP: config.w_geoclip,
-        NEIGHBOR_SUPPORT: config.w_neighbor_support,
-        VLM_AGREEMENT: config.w_vlm_agreement,
-        GEO_CONSISTENCY: config.w_geo_consistency,
+        VLM_ZERO_SHOT: config.w_vlm_agreement,
+        VLM_INFORMED: config.w_vlm_agreement,
     }
+    return {s: switch[s] * (fitted[s].weight if fitted is not None else 1.0) for s in SOURCES}
 
 
 def candidate_pool(
@@ -112,6 +120,62 @@ def candidate_pool(
     return pool
 
 
+def evidence_items(
+    retrieval: RetrievalResult,
+    hypotheses: Sequence[Hypothesis],
+    *,
+    calibration: Calibration,
+    geoclip_similarities: np.ndarray | None,
+    logit_scale: float,
+    consistency: Sequence[float | None],
+    consistency_strength: float,
+) -> list[EvidenceItem]:
+    """Every source's evidence items with unnormalised weights (see the module docstring)."""
+    params = calibration.fusion
+    items: list[EvidenceItem] = []
+    if retrieval.neighbors:
+        sims = np.array([n.similarity for n in retrieval.neighbors], dtype=np.float64)
+        w = np.exp(params.gallery_sharpness * (sims - sims.max()))
+        items += [EvidenceItem(GALLERY, n.lat, n.lon, float(wi), f"{CandidateSource.RETRIEVAL.value}:{n.id}")
+                  for n, wi in zip(retrieval.neighbors, w, strict=True)]
+    if retrieval.gps_candidates:
+        sims = (geoclip_similarities if geoclip_similarities is not None
+                else np.array([g.similarity for g in retrieval.gps_candidates], dtype=np.float64))
+        w = np.exp(logit_scale * (sims - sims.max()))
+        items += [EvidenceItem(GEOCLIP, g.lat, g.lon, float(wi), f"{CandidateSource.GPS_GALLERY.value}:gps-{i}")
+                  for i, (g, wi) in enumerate(zip(retrieval.gps_candidates, w, strict=True))]
+    strength = min(max(consistency_strength, 0.0), 1.0)
+    for h, agree in zip(hypotheses, consistency, strict=True):
+        if h.echo_of is not None:  # repeats its own prompt: not independent evidence
+            continue
+        factor = 1.0 if agree is None else 1.0 - strength * (1.0 - agree)
+        items.append(EvidenceItem(
+            source_of_hypothesis(h.shown_coordinates), h.lat, h.lon,
+            (params.vlm_confidence_floor + h.confidence) * factor,
+            f"{CandidateSource.VLM.value}:{h.variant}#{h.sample_index}",
+        ))
+    return items
+
+
+def constrained_area_km2(constraints: Sequence[Constraint], geocoder: ReverseGeocoder) -> float:
+    """The area of the Earth inside every constraint (the whole Earth without constraints): the
+    share of a lattice inside, land only for country and continent constraints (a rough estimate,
+    see LAND_TOWN_DISTANCE_KM; a circle's exact area bounds it)."""
+    if not constraints:
+        return EARTH_AREA_KM2
+    lat, lon = fibonacci_lattice(AREA_LATTICE_POINTS)
+    radii = [c.radius_km for c in constraints if c.kind == "circle" and c.radius_km is not None]
+    non_circle = [c for c in constraints if c.kind != "circle"]
+    inside = np.ones(len(lat), dtype=bool)
+    if non_circle:
+        places = geocoder.lookup_many(list(zip(lat.tolist(), lon.tolist(), strict=True)))
+        land = np.array([(p.city_distance_km or 0.0) <= LAND_TOWN_DISTANCE_KM for p in places], dtype=bool)
+        inside = land & contains_all(non_circle, lat, lon, geocoder)
+    if radii:
+        inside &= contains_all([c for c in constraints if c.kind == "circle"], lat, lon, geocoder)
+    return allowed_area_km2(inside, radii)
+
+
 def verify(
     retrieval: RetrievalResult,
     hypotheses: Sequence[Hypothesis],
@@ -121,127 +185,85 @@ def verify(
     geocoder: ReverseGeocoder,
     config: VerifyConfig,
     constraints: Sequence[Constraint] = (),
+    calibration: Calibration | None = None,
 ) -> Verification:
-    """Score and rank the candidate pool (see the module docstring for the scores)."""
-    weights = weights_of(config)
+    """Score, cluster and weigh the candidate pool (see the module docstring).
+    ``calibration``: None uses the shipped default (:func:`~geosleuth.agent.confidence.load_calibration`)."""
+    if calibration is None:
+        from geosleuth.agent.confidence import load_calibration
+
+        calibration = load_calibration(None)
+    weights = weights_of(config, calibration)
     if not any(w > 0 for w in weights.values()):
         raise ConfigError(
-            "every verification weight is 0 (verify.w_geoclip, w_neighbor_support, w_vlm_agreement, "
-            "w_geo_consistency): turn at least one on"
+            "every evidence source is off (verify.w_geoclip, w_neighbor_support, w_vlm_agreement are 0, or the "
+            "calibration gives them weight 0): turn at least one on"
         )
+    components = _component_status(weights, retrieval, hypotheses)
     pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources)
-    vlm_rows = [i for i, c in enumerate(pool) if c.source == CandidateSource.VLM]
-    components = _component_status(weights, retrieval, hypotheses, geoclip_embedding, location_encoder)
     if not pool:
         return Verification(ranked=[], components=components)
-
     missing = [c for c in pool if c.place is None]
     for candidate, place in zip(missing, geocoder.lookup_many([(c.lat, c.lon) for c in missing]), strict=True):
         candidate.place = place
-    lat = np.array([c.lat for c in pool])
-    lon = np.array([c.lon for c in pool])
-    radius = config.support_radius_km
 
-    per_component: dict[str, np.ndarray] = {}  # NaN = not applicable to that candidate
-    if components[GEOCLIP] == "on":
-        assert geoclip_embedding is not None and location_encoder is not None
-        per_component[GEOCLIP] = geoclip_scores(geoclip_embedding, lat, lon, location_encoder)
-    if components[NEIGHBOR_SUPPORT] == "on":
-        per_component[NEIGHBOR_SUPPORT] = neighbor_support(lat, lon, retrieval, radius)
-    if components[VLM_AGREEMENT] == "on":
-        per_component[VLM_AGREEMENT] = vlm_agreement(lat, lon, hypotheses, radius)
-    if components[GEO_CONSISTENCY] == "on":
-        consistency = np.full(len(pool), np.nan)
-        # VLM answers left out of the pool (verify.candidate_sources) have no row to score.
-        for row, hypothesis in zip(vlm_rows, hypotheses if vlm_rows else (), strict=True):
-            place = pool[row].place
-            assert place is not None
-            value = geo_consistency(hypothesis, place, geocoder)
-            consistency[row] = np.nan if value is None else value
-        per_component[GEO_CONSISTENCY] = consistency
-
-    for i, candidate in enumerate(pool):
-        total = weight_sum = 0.0
-        for name, values in per_component.items():
-            value = float(values[i])
-            if np.isnan(value):
-                continue
-            candidate.scores[name] = value
-            total += weights[name] * value
-            weight_sum += weights[name]
-        candidate.score = total / weight_sum if weight_sum > 0 else 0.0
-
-    inside = contains_all(constraints, lat, lon, geocoder)
-    ranked = sorted((c for c, keep in zip(pool, inside, strict=True) if keep), key=lambda c: -c.score)
-    rejected = [c for c, keep in zip(pool, inside, strict=True) if not keep]
-    if ranked:
-        scores = np.array([c.score for c in ranked])
-        shares = scores / scores.sum() if scores.sum() > 0 else np.full(len(ranked), 1.0 / len(ranked))
-        for candidate, share in zip(ranked, shares, strict=True):
-            candidate.confidence = float(share)
-    return Verification(ranked=ranked, rejected=rejected, components=components)
+    similarities = None
+    logit_scale = GEOCLIP_LOGIT_SCALE
+    if location_encoder is not None:
+        logit_scale = float(location_encoder.logit_scale)
+        if geoclip_embedding is not None and retrieval.gps_candidates:
+            similarities = geoclip_similarities(geoclip_embedding, retrieval, location_encoder)
+    hyp_places = geocoder.lookup_many([(h.lat, h.lon) for h in hypotheses]) if hypotheses else []
+    consistency = [geo_consistency(h, p, geocoder) for h, p in zip(hypotheses, hyp_places, strict=True)]
+    items = evidence_items(
+        retrieval, hypotheses, calibration=calibration, geoclip_similarities=similarities, logit_scale=logit_scale,
+        consistency=consistency, consistency_strength=config.w_geo_consistency,
+    )
+    inside = contains_all(constraints, [c.lat for c in pool], [c.lon for c in pool], geocoder)
+    items_inside = contains_all(constraints, [i.lat for i in items], [i.lon for i in items], geocoder)
+    result = fuse(
+        [c for c, ok in zip(pool, inside, strict=True) if ok], items, items_inside=items_inside.tolist(),
+        weights=weights, calibration=calibration, cluster_radius_km=config.refine_radius_km,
+        allowed_area_km2=constrained_area_km2(constraints, geocoder),
+        center_places=lambda centres: geocoder.lookup_many(list(centres)),
+    )
+    ranked_keys = {candidate_key(c) for c in result.ranked}
+    rejected = [c for c, ok in zip(pool, inside, strict=True) if not ok and candidate_key(c) not in ranked_keys]
+    return Verification(ranked=result.ranked, rejected=rejected, components=components, evidence=result.evidence)
 
 
 def _component_status(
-    weights: dict[str, float],
-    retrieval: RetrievalResult,
-    hypotheses: Sequence[Hypothesis],
-    geoclip_embedding: np.ndarray | None,
-    location_encoder: LocationEncoder | None,
+    weights: dict[str, float], retrieval: RetrievalResult, hypotheses: Sequence[Hypothesis]
 ) -> dict[str, str]:
+    informed = [h for h in hypotheses if h.shown_coordinates > 0]
     unavailable = {
-        GEOCLIP: (
-            "no GeoCLIP embedding for this image (the image encoder has no GeoCLIP head)"
-            if geoclip_embedding is None
-            else ("no location encoder" if location_encoder is None else None)
-        ),
-        NEIGHBOR_SUPPORT: (
-            None if retrieval.neighbors else "no gallery neighbours (no image gallery configured, or it returned none)"
-        ),
-        VLM_AGREEMENT: None if hypotheses else "no VLM hypotheses",
-        GEO_CONSISTENCY: None if hypotheses else "no VLM hypotheses (applies to VLM candidates only)",
+        GALLERY: None if retrieval.neighbors else "no gallery neighbours (no image gallery, or none returned)",
+        GEOCLIP: None if retrieval.gps_candidates else "no GPS-gallery candidates",
+        VLM_ZERO_SHOT: None if len(informed) < len(hypotheses) else "no zero-shot VLM answer",
+        VLM_INFORMED: None if informed else "no retrieval-informed VLM answer",
     }
     status: dict[str, str] = {}
-    for name in COMPONENTS:
+    for name in SOURCES:
         if weights[name] <= 0:
             status[name] = "off: weight 0"
         elif unavailable[name]:
             status[name] = f"not applicable: {unavailable[name]}"
         else:
             status[name] = "on"
+    echoes = sum(h.echo_of is not None for h in hypotheses)
+    if echoes:
+        status["echoes"] = f"{echoes} VLM answer(s) repeat a coordinate shown in their prompt: not counted as evidence"
     return status
 
 
-def geoclip_scores(
-    geoclip_embedding: np.ndarray, lat: np.ndarray, lon: np.ndarray, location_encoder: LocationEncoder
+def geoclip_similarities(
+    geoclip_embedding: np.ndarray, retrieval: RetrievalResult, location_encoder: LocationEncoder
 ) -> np.ndarray:
-    """``exp(logit_scale * (cos - max cos))`` per coordinate: 1 for the best, GeoCLIP's likelihood
-    ratio to the best for the rest."""
+    """Cosine similarity between the image's GeoCLIP embedding and each GPS candidate's location."""
     from geosleuth.index.gps_gallery import score_locations
 
-    latlon = np.stack([lat, lon], axis=1)
-    sims = np.asarray(score_locations(geoclip_embedding, latlon, location_encoder), dtype=np.float64)
-    return np.exp(location_encoder.logit_scale * (sims - sims.max()))
-
-
-def neighbor_support(lat: np.ndarray, lon: np.ndarray, retrieval: RetrievalResult, radius_km: float) -> np.ndarray:
-    """Similarity-weighted fraction of gallery neighbours within ``radius_km`` of each coordinate."""
-    neighbors = retrieval.neighbors
-    n_lat = np.array([n.lat for n in neighbors])
-    n_lon = np.array([n.lon for n in neighbors])
-    weight = np.clip(np.array([n.similarity for n in neighbors], dtype=np.float64), 0.0, None)
-    if weight.sum() <= 0:  # all similarities <= 0: count neighbours equally
-        weight = np.ones(len(neighbors))
-    near = haversine_km(lat[:, None], lon[:, None], n_lat[None, :], n_lon[None, :]) <= radius_km
-    return (near * weight[None, :]).sum(axis=1) / weight.sum()
-
-
-def vlm_agreement(lat: np.ndarray, lon: np.ndarray, hypotheses: Sequence[Hypothesis], radius_km: float) -> np.ndarray:
-    """Fraction of VLM hypotheses within ``radius_km`` of each coordinate."""
-    h_lat = np.array([h.lat for h in hypotheses])
-    h_lon = np.array([h.lon for h in hypotheses])
-    near = haversine_km(lat[:, None], lon[:, None], h_lat[None, :], h_lon[None, :]) <= radius_km
-    return near.mean(axis=1)
+    latlon = np.array([[g.lat, g.lon] for g in retrieval.gps_candidates], dtype=np.float64)
+    return np.asarray(score_locations(geoclip_embedding, latlon, location_encoder), dtype=np.float64)
 
 
 def geo_consistency(hypothesis: Hypothesis, place: Place, geocoder: ReverseGeocoder) -> float | None:
@@ -262,16 +284,10 @@ def geo_consistency(hypothesis: Hypothesis, place: Place, geocoder: ReverseGeoco
 
 def continent_name(text: str | None) -> str | None:
     """'south america' / 'SA' / 'Australia' -> the GeoNames continent name used in Place; else None."""
-    return _CONTINENT_BY_NAME.get(_fold(text)) if text else None
-
-
-def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+    return _CONTINENT_BY_NAME.get(fold_name(text)) if text else None
 
 
 def _same_name(a: str, b: str) -> bool:
     """'Provence' vs 'Provence-Alpes-Cote d'Azur': one folded name contains the other."""
-    fa, fb = _fold(a), _fold(b)
+    fa, fb = fold_name(a), fold_name(b)
     return bool(fa and fb) and (fa in fb or fb in fa)

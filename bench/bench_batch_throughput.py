@@ -341,7 +341,8 @@ def main() -> None:
                     ]
                     n_requests = sum(len(r) for r in per_image)
                     unassigned = len(recorder.requests.get("?", []))
-                    print(f"   {summary.ok} located, {summary.no_coordinate + summary.errors} failed; {n_requests} VLM "
+                    print(f"   {summary.ok} ok, {summary.degraded} degraded (no VLM answer), "
+                          f"{summary.no_coordinate + summary.errors} failed; {n_requests} VLM "
                           f"requests ({n_requests / len(images):.1f} per image"
                           f"{f', {unassigned} not traced to an image' if unassigned else ''})")
                     if not all(per_image):

@@ -10,9 +10,11 @@ Conventions (what every number means):
   [0, 1]; tables show percentages.
 - Mean / median error: over the successful predictions only; ``n`` inside the estimate says how many.
 - Country / region / city accuracy: truth and prediction are reverse-geocoded with the shared
-  :class:`geosleuth.geo.ReverseGeocoder`; country = same ISO code; region = same country and same
-  admin1 (two empty admin1s in one country, e.g. Singapore, count as the same region); city = same
-  region and same nearest GeoNames place. An unknown country code never matches.
+  :class:`geosleuth.geo.ReverseGeocoder` (never the dataset's own place columns, so runs compare);
+  ``EvalMetrics.places`` records how. Country = same ISO code (Natural Earth polygons); region = same
+  country and same admin1 (two empty admin1s in one country, e.g. Singapore, count as the same
+  region); city = same region and same nearest GeoNames place. An unknown country code never
+  matches: a truth at sea (no country) is a miss at every level.
 - Intervals: percentile bootstrap over images (seeded, vectorised). Accuracies, GeoScore and
   place accuracies are resampled over all n images with one shared set of resamples; mean / median
   error over the successful predictions.
@@ -88,6 +90,9 @@ class EvalMetrics(_Model):
     n: int
     failures: int
     failure_reasons: dict[str, int] = Field(default_factory=dict)
+    # Scored answers made without a required stage (e.g. no VLM), by stage; counted beside failures.
+    degraded: int = 0
+    degraded_stages: dict[str, int] = Field(default_factory=dict)
     unmatched_predictions: int = 0  # predictions whose id is not in the ground truth (not scored)
     acc_km: dict[str, Estimate]
     mean_km: Estimate
@@ -99,6 +104,7 @@ class EvalMetrics(_Model):
     rva: list[RvACurve] | None = None
     distance: str
     bootstrap: BootstrapSettings
+    places: str | None = None  # how truth and prediction places were derived (the geocoder's description)
 
 
 def distances_km(
@@ -322,6 +328,8 @@ def evaluate(
         n=n,
         failures=int(n - ok.sum()),
         failure_reasons=_failure_reasons(preds),
+        degraded=sum(1 for p in preds if p.degraded),
+        degraded_stages=dict(Counter(stage for p in preds if p.degraded for stage in p.missing_stages)),
         unmatched_predictions=len(matched.unmatched_ids),
         acc_km=acc,
         mean_km=mean_km,
@@ -330,6 +338,7 @@ def evaluate(
         country=column(n_t + 1) if geocoder is not None else None,
         region=column(n_t + 2) if geocoder is not None else None,
         city=column(n_t + 3) if geocoder is not None else None,
+        places=(getattr(geocoder, "description", None) or type(geocoder).__name__) if geocoder is not None else None,
         rva=rva,
         distance=DISTANCE_LABELS[distance],
         bootstrap=BootstrapSettings(resamples=resamples, seed=seed, confidence=confidence),

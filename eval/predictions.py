@@ -6,6 +6,11 @@ geosleuth JSONL, one object per line, either
   ``{"id": ..., "error": "..."}``                                  (the image could not be processed),
 or a Prediction's own fields with an extra "id" key (flat form).
 
+Prediction tables (CSV): an id column and a coordinate, e.g. ``geosleuth export --format csv``
+(id, path, status, lat, lon, ..., missing_stages, failure_reason, error) or a plain ``id,lat,lon``
+table (aliases: :data:`_TABLE_ALIASES`); an empty coordinate is a failure, and a ``status`` of
+"degraded" is kept (with ``missing_stages``).
+
 Published CSVs (e.g. G3's per-image results) carry their own truth: columns such as img_id, gt_lat,
 gt_long, predicted_lat, predicted_long (aliases: :data:`_PUBLISHED_ALIASES`). Rows whose id is a
 summary word ("accuracy", "mean", ...) or whose ground truth is not a number are not data: they are
@@ -41,7 +46,7 @@ from .datasets import (
     wrap_lon,
 )
 
-PredictionFormat = Literal["geosleuth-jsonl", "published-csv"]
+PredictionFormat = Literal["geosleuth-jsonl", "published-csv", "table-csv"]
 
 NO_PREDICTION = "no prediction for this image"
 
@@ -67,6 +72,16 @@ _PUBLISHED_ALIASES = {  # lower case; matched case-insensitively
 }
 
 
+_TABLE_ALIASES = {  # a predictions table without its own truth; lower case, matched case-insensitively
+    "id": ("id", "img_id", "image_id", "image", "img", "filename", "file", "path"),
+    "lat": ("lat", "latitude", "pred_lat", "predicted_lat", "predicted_latitude"),
+    "lon": ("lon", "lng", "long", "longitude", "pred_lon", "pred_long", "predicted_lon", "predicted_long",
+            "predicted_longitude"),
+}
+# A table row without a coordinate takes its reason from the first of these that is filled in.
+_TABLE_REASON_COLUMNS = ("failure_reason", "error", "status")
+
+
 @dataclass(frozen=True)
 class PredictedLocation:
     """One system's answer for one image: a coordinate, or a failure with its reason."""
@@ -79,6 +94,10 @@ class PredictedLocation:
     # empty for failures.
     ranked: tuple[tuple[float, float], ...] = ()
     line: int | None = None  # where it came from in its file
+    # Required stages the answer was made without (a degraded answer); empty for complete answers.
+    missing_stages: tuple[str, ...] = ()
+    # Calibrated per-level probabilities (LevelConfidence field -> value) when the system gave them.
+    levels: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if (self.lat is None) != (self.lon is None):
@@ -96,6 +115,11 @@ class PredictedLocation:
     @property
     def ok(self) -> bool:
         return self.lat is not None
+
+    @property
+    def degraded(self) -> bool:
+        """A coordinate made without a stage the configuration asked for."""
+        return self.ok and bool(self.missing_stages)
 
     @classmethod
     def failed(cls, image_id: str, reason: str, line: int | None = None) -> PredictedLocation:
@@ -142,8 +166,10 @@ def from_prediction(image_id: str, prediction: Prediction, line: int | None = No
     """A :class:`PredictedLocation` for a geosleuth Prediction (its failure_reason kept)."""
     if not prediction.ok:
         return PredictedLocation.failed(image_id, prediction.failure_reason or "no coordinate", line)
+    levels = prediction.levels.model_dump(exclude={"calibration"}) if prediction.levels else None
     return PredictedLocation(
-        image_id, prediction.lat, prediction.lon, None, _ranked_from_prediction(prediction), line
+        image_id, prediction.lat, prediction.lon, None, _ranked_from_prediction(prediction), line,
+        tuple(prediction.missing_stages), levels,
     )
 
 
@@ -293,18 +319,76 @@ def read_published_csv(
     return PredictionFile(source, "published-csv", preds, truths, notes)
 
 
+def read_predictions_table(path: str | os.PathLike[str]) -> PredictionFile:
+    """Read a predictions CSV without its own truth: ``geosleuth export --format csv`` or a plain
+    ``id,lat,lon`` table. A row without a coordinate is a failure (its reason from failure_reason /
+    error / status); ``status`` "degraded" keeps ``missing_stages``."""
+    source = Path(path)
+    fieldnames, rows = _read_csv_rows(source)
+    columns = {key: _find_column(fieldnames, aliases) for key, aliases in _TABLE_ALIASES.items()}
+    absent = [key for key, col in columns.items() if col is None]
+    if absent:
+        wanted = {"id": "an image id", "lat": "a latitude", "lon": "a longitude"}
+        raise DataFileError(
+            f"{source}: no column for {' or '.join(wanted[k] for k in absent)} (found: {', '.join(fieldnames)}); "
+            "a predictions table needs id, lat and lon columns (as `geosleuth export --format csv` writes)"
+        )
+    reasons = [c for c in (_find_column(fieldnames, (name,)) for name in _TABLE_REASON_COLUMNS) if c]
+    status_col = _find_column(fieldnames, ("status",))
+    stages_col = _find_column(fieldnames, ("missing_stages",))
+    out: list[PredictedLocation] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        image_id = (row.get(columns["id"] or "") or "").strip()
+        if not image_id:
+            raise DataFileError(f"{source}, line {line}: empty {columns['id']!r}; every row needs an image id")
+        if image_id in seen:
+            raise DataFileError(
+                f"{source}, line {line}: image id {image_id!r} already appears on line {seen[image_id]}"
+            )
+        seen[image_id] = line
+        lat = _parse_float(row.get(columns["lat"] or ""))
+        lon = _parse_float(row.get(columns["lon"] or ""))
+        if lat is None or lon is None or abs(lat) > 90.0 or abs(lon) > 360.0:
+            reason = next((row[c].strip() for c in reasons if (row.get(c) or "").strip()), "")
+            out.append(PredictedLocation.failed(image_id, reason or "no parseable predicted coordinate", line))
+            continue
+        degraded = status_col is not None and (row.get(status_col) or "").strip().lower() == "degraded"
+        stages = tuple(s for s in (row.get(stages_col or "") or "").split(";") if s.strip()) if degraded else ()
+        lon = wrap_lon(lon)
+        out.append(PredictedLocation(image_id, lat, lon, None, ((lat, lon),), line,
+                                     stages or (("unknown",) if degraded else ())))
+    if not out:
+        raise DataFileError(f"{source}: no predictions in the file")
+    return PredictionFile(source, "table-csv", out, None, [])
+
+
+def _is_published_csv(source: Path) -> bool:
+    """A CSV with predicted *and* ground-truth columns (a published per-image result file)."""
+    fieldnames, _ = _read_csv_rows(source)
+    return all(_find_column(fieldnames, _PUBLISHED_ALIASES[key]) for key in ("pred_lat", "pred_lon")) and all(
+        _find_column(fieldnames, _PUBLISHED_ALIASES[key]) for key in ("gt_lat", "gt_lon")
+    )
+
+
 def read_predictions(
     path: str | os.PathLike[str],
     *,
     format: PredictionFormat | Literal["auto"] = "auto",
     zero_is_failure: bool = False,
 ) -> PredictionFile:
-    """Read a predictions file; ``auto`` picks the format from the extension (.csv = published)."""
+    """Read a predictions file. ``auto``: a .csv with predicted and ground-truth columns is a published
+    result file, any other .csv a predictions table (our CSV export, or id,lat,lon), else JSONL."""
     source = Path(path)
     if format == "auto":
-        format = "published-csv" if source.suffix.lower() in (".csv", ".tsv") else "geosleuth-jsonl"
+        if source.suffix.lower() in (".csv", ".tsv"):
+            format = "published-csv" if _is_published_csv(source) else "table-csv"
+        else:
+            format = "geosleuth-jsonl"
     if format == "published-csv":
         return read_published_csv(source, zero_is_failure=zero_is_failure)
+    if format == "table-csv":
+        return read_predictions_table(source)
     return read_geosleuth_jsonl(source)
 
 

@@ -18,10 +18,10 @@ their overrides say:
 - ``geoclip-top1``: GeoCLIP's top GPS-gallery candidate. Only the ``geoclip`` score (GeoCLIP's own
   image-location similarity, the same one that ranks the GPS gallery), no refinement, so the answer
   is the top-1 GPS candidate.
-- ``nearest-neighbor``: the most similar gallery image's coordinate. Verification scores a gallery
-  candidate by the similarity-weighted share of neighbours within ``support_radius_km``; with a 1 m
-  radius each neighbour supports only itself, so the most similar neighbour scores highest (ties go
-  to the most similar, which comes first), and without refinement its coordinate is the answer.
+- ``nearest-neighbor``: the most similar gallery image's coordinate. With the cluster radius
+  (``verify.refine_radius_km``) at 0 every neighbour is its own place, whose mass is its
+  similarity weight (``exp(sharpness * similarity)``), so the most similar neighbour's coordinate is
+  the answer.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "neighbor-vote", "baseline",
-            "G3-style vote: the gallery neighbour with the most (similarity-weighted) neighbours within 200 km, "
-            "refined within its cluster (no VLM, no GPS gallery)",
+            "G3-style vote: the place (a cluster of verify.refine_radius_km) holding the most similarity-weighted "
+            "gallery neighbours, refined within it (no VLM, no GPS gallery)",
             (*_NO_VLM, *_NO_GPS_GALLERY, "retrieval.k_dissimilar=0", *_ONLY_NEIGHBOR_SUPPORT,
              "verify.support_radius_km=200", 'verify.candidate_sources=["retrieval"]'),
             uses_vlm=False,

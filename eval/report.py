@@ -1,8 +1,10 @@
 """Run reports: metrics.json, per-image CSV, a markdown report and plots; tables beside published results.
 
 ``write_report`` is all a run command needs to call once it has truths, predictions and metrics.
-Plots use matplotlib's object API with the Agg canvas (no pyplot global state, no display, no
-basemap download); without matplotlib the report says the plots were skipped and why.
+Plots use matplotlib's object API with the Agg canvas (no pyplot global state, no display); the
+world map draws land and borders from the geocoder's own Natural Earth polygons
+(``geosleuth.geo.basemap``), zoomed to the points. Without matplotlib the report says the plots
+were skipped and why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from rich.table import Table
 
 from geosleuth.errors import DataFileError
+from geosleuth.geo.boundaries import CountryBoundaries
 
 from .anchors import ANCHOR_THRESHOLDS_KM, anchors_for
 from .datasets import GroundTruth
@@ -257,34 +260,49 @@ def _plot_error_cdf(path: Path, dist: Sequence[float], n: int, thresholds: Seque
     fig.savefig(path)
 
 
-def _plot_world_map(path: Path, truths: Sequence[GroundTruth], preds: Sequence[PredictedLocation]) -> None:
+def world_map_bbox(truths: Sequence[GroundTruth], preds: Sequence[PredictedLocation]) -> tuple[
+    float, float, float, float
+]:
+    """The world map's extent: zoomed to the truths and predictions (a country-sized test set gets a
+    country-sized map), with the plot's aspect ratio."""
+    from geosleuth.geo.basemap import bbox_around
+
+    points = [(t.lat, t.lon) for t in truths] + [p.ranked[0] for p in preds if p.ok]
+    return bbox_around(points, pad_deg=2.0, min_span_deg=4.0, aspect=1.85)
+
+
+def _plot_world_map(path: Path, truths: Sequence[GroundTruth], preds: Sequence[PredictedLocation],
+                    boundaries: CountryBoundaries | None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 
+    from geosleuth.geo.basemap import draw_basemap
+
     fig = Figure(figsize=(10, 5.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    # Truth-to-prediction segments; those crossing the antimeridian would span the map, so skip them.
-    pairs = [(t, p.ranked[0]) for t, p in zip(truths, preds, strict=True) if p.ok]
-    segments = [[(t.lon, t.lat), (lon, lat)] for t, (lat, lon) in pairs if abs(t.lon - lon) <= 180.0]
-    if segments:
-        ax.add_collection(LineCollection(segments, colors="grey", linewidths=0.4, alpha=0.25))
-    ax.scatter([t.lon for t in truths], [t.lat for t in truths], s=6, c="tab:green", label="truth", alpha=0.7)
     ok = [p.ranked[0] for p in preds if p.ok]
-    ax.scatter([lon for _, lon in ok], [lat for lat, _ in ok], s=6, c="tab:red", marker="x",
-               label="prediction", alpha=0.7, linewidths=0.6)
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(-90, 90)
-    ax.set_aspect("equal")
-    ax.set_xticks(range(-180, 181, 60))
-    ax.set_yticks(range(-90, 91, 30))
+    bbox = world_map_bbox(truths, preds)
+    draw_basemap(ax, bbox, boundaries=boundaries)
+
+    def x(lon: float) -> float:  # a map across the antimeridian has longitudes above 180
+        return lon + 360.0 if lon < bbox[0] else lon
+
+    # Truth-to-prediction segments; those going the long way round the map are left out.
+    pairs = [(t, p.ranked[0]) for t, p in zip(truths, preds, strict=True) if p.ok]
+    segments = [[(x(t.lon), t.lat), (x(lon), lat)] for t, (lat, lon) in pairs if abs(x(t.lon) - x(lon)) <= 180.0]
+    if segments:
+        ax.add_collection(LineCollection(segments, colors="grey", linewidths=0.4, alpha=0.35))
+    ax.scatter([x(t.lon) for t in truths], [t.lat for t in truths], s=6, c="tab:green", label="truth", alpha=0.8)
+    ax.scatter([x(lon) for _, lon in ok], [lat for lat, _ in ok], s=6, c="tab:red", marker="x",
+               label="prediction", alpha=0.8, linewidths=0.6)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, alpha=0.2)
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_title(f"Truths and predictions (equirectangular; {len(truths) - len(ok)} failures not shown)",
-                 fontsize=10)
+    ax.set_title(f"Truths and predictions (equirectangular, Natural Earth 1:10m borders; "
+                 f"{len(truths) - len(ok)} failures not shown)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -315,6 +333,32 @@ def _rva_markdown(m: EvalMetrics) -> str:
     return "\n".join(parts)
 
 
+RELIABILITY_FILE = "reliability.png"
+
+
+def _confidence_section(root: Path, matched: Any, files: ReportFiles) -> list[str]:
+    """ECE per level and reliability diagrams, when the predictions state per-level probabilities."""
+    from geosleuth.geo import ReverseGeocoder
+
+    from .calibration import calibration_markdown, level_outcomes, plot_reliability
+
+    preds = matched.predictions
+    if not any(p.levels for p in preds):
+        return []
+    outcome = level_outcomes([(t.lat, t.lon) for t in matched.truths],
+                             [(p.lat, p.lon) if p.ok else None for p in preds], [p.levels for p in preds],
+                             ReverseGeocoder())
+    lines = ["## Confidence calibration", "",
+             "Each stated probability (P country/region/city right, P within 25/200 km) against how often it "
+             "came true; ECE = expected calibration error over 10 equal-width bins (0 = perfectly calibrated). "
+             "Refit with `geosleuth eval calibrate` on a run of your own data.", "", calibration_markdown(outcome), ""]
+    if files.plots_skipped is None:
+        plot_reliability(root / RELIABILITY_FILE, outcome)
+        files.plots.append(root / RELIABILITY_FILE)
+        lines += [f"![reliability diagrams]({RELIABILITY_FILE})", ""]
+    return lines
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     metrics: EvalMetrics | Mapping[str, Any],
@@ -324,11 +368,15 @@ def write_report(
     dataset: str | None = None,
     title: str | None = None,
     notes: Sequence[str] = (),
+    boundaries: CountryBoundaries | None = None,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
     """Write metrics.json, per_image.csv, report.md and plots into ``run_dir`` (created if needed).
 
     ``dataset`` (default: manifest.json's "dataset" when present) adds the published results for
     that benchmark to the report. ``notes`` (e.g. loader warnings) are listed in the report.
+    ``boundaries``: the country polygons for the world map (e.g. ``geocoder.boundaries``); None loads them.
+    ``extra_metrics`` (e.g. a run's per-step failure counts) are added to metrics.json.
     """
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -336,7 +384,9 @@ def write_report(
     dataset = dataset or _dataset_from_manifest(root)
 
     metrics_path = root / METRICS_FILE
-    metrics_path.write_text(json.dumps(m.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    metrics_path.write_text(
+        json.dumps({**m.model_dump(mode="json"), **(extra_metrics or {})}, indent=2) + "\n", encoding="utf-8"
+    )
 
     matched = match_to_truth(truths, predictions)
     method = "haversine" if m.distance.startswith("haversine") else "geodesic"
@@ -352,7 +402,7 @@ def write_report(
     if files.plots_skipped is None:
         thresholds = [int(t) for t in m.acc_km]
         _plot_error_cdf(root / ERROR_CDF_FILE, dist, m.n, thresholds)
-        _plot_world_map(root / WORLD_MAP_FILE, matched.truths, matched.predictions)
+        _plot_world_map(root / WORLD_MAP_FILE, matched.truths, matched.predictions, boundaries)
         files.plots = [root / ERROR_CDF_FILE, root / WORLD_MAP_FILE]
     else:
         warnings.warn(f"{root}: plots skipped: {files.plots_skipped}", ReportWarning, stacklevel=2)
@@ -369,6 +419,13 @@ def write_report(
         metrics_markdown(m),
         "",
     ]
+    if m.country is not None:
+        parts += [
+            "Places: ground truth and prediction are reverse-geocoded by the same geocoder, never taken from "
+            "the dataset's own place columns, so country / region / city accuracy compares from run to run; a "
+            f"truth at sea has no country and counts as a miss. How: {m.places or 'not recorded'}.",
+            "",
+        ]
     if dataset and anchors_for(dataset):
         parts += [
             "## Beside published results",
@@ -385,6 +442,7 @@ def write_report(
     rva = _rva_markdown(m)
     if rva:
         parts += [rva, ""]
+    parts += _confidence_section(root, matched, files)
     parts += ["## Plots", ""]
     if files.plots:
         parts += [f"![error CDF]({ERROR_CDF_FILE})", "", f"![world map]({WORLD_MAP_FILE})", ""]

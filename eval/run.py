@@ -17,6 +17,12 @@ the benchmark's ids must use the gallery's naming for the own-id exclusion to bi
 
 Failures are never dropped: an image that is missing, unreadable or gets no coordinate has a line
 in predictions.jsonl saying why, and is a miss in every metric.
+
+Degraded answers are not passed off as the preset's: the VLM server gets one request before the first
+image (preflight), the circuit breaker stops a run whose required stage goes down, per-step failure
+counts go to metrics.json and the manifest, and a run where a required stage was missing for more
+than :data:`MAX_DEGRADED_SHARE` of the images is refused (DegradedResultsError) unless
+``allow_degraded``; the report's title then says "degraded: N images without <stage>".
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosleuth.config import Config, load_config
-from geosleuth.errors import ConfigError, DataFileError
+from geosleuth.errors import ConfigError, DataFileError, DegradedResultsError
+from geosleuth.fileio import atomic_write_json, atomic_write_text
 
 from .datasets import DATASET_NAMES, GroundTruth, load_dataset
 from .presets import DEFAULT_PRESET, get_preset, preset_config
@@ -63,6 +70,8 @@ TRUTH_FILE_NAMES = {
 # there were made with them.
 _IDENTITY_KEYS = ("dataset", "truth_file", "preset", "config_hash", "exclude_same_author")
 _MAX_LISTED_MISSING = 20
+# A preset is reported as itself only when its required stages answered for all but this share of images.
+MAX_DEGRADED_SHARE = 0.01
 
 ResultCallback = Callable[["BatchResult"], None]
 StartCallback = Callable[["BatchSummary"], None]
@@ -161,15 +170,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """A killed run leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """A killed run leaves the old file or the new one, never half of one."""
+    atomic_write_json(path, data, default=str)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -231,6 +234,8 @@ async def arun_evaluation(
     on_start: StartCallback | None = None,
     on_result: ResultCallback | None = None,
     on_loaded: Callable[[Resources], None] | None = None,
+    allow_degraded: bool = False,
+    retry_degraded: bool = False,
 ) -> RunResult:
     """:func:`run_evaluation` inside a running event loop."""
     from geosleuth.agent.batch import DEFAULT_FATAL_ERRORS, BatchItem, BatchSummary, arun_batch
@@ -314,8 +319,10 @@ async def arun_evaluation(
     summary = BatchSummary(predictions_path)
     wrote_manifest = False
     try:
-        # Models load once, before any image (and a bad setup fails here, before the run starts).
-        resources = await asyncio.to_thread(lambda: geo.resources)
+        # Models load once, before any image, and a VLM server answers one request (preflight): a bad
+        # setup fails here, before the run starts.
+        await geo.acheck_ready()
+        resources = geo.resources
         if on_loaded is not None:
             on_loaded(resources)
         store = resources.store
@@ -346,7 +353,7 @@ async def arun_evaluation(
             )
             if save_traces:
                 target = traces_dir / trace_file_name(item.id)
-                await asyncio.to_thread(_write_text_atomic, target, trace.model_dump_json())
+                await asyncio.to_thread(atomic_write_text, target, trace.model_dump_json())
             return prediction
 
         try:
@@ -361,17 +368,28 @@ async def arun_evaluation(
                 on_result=on_result,
                 fatal_errors=(*DEFAULT_FATAL_ERRORS, VLMUnavailableError),
                 summary=summary,
+                allow_degraded=allow_degraded,
+                retry_degraded=retry_degraded and resume and not overwrite,
             )
         except BaseException as exc:
             interrupted = summary.interrupted or isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
-            manifest["status"] = "interrupted" if interrupted else "aborted"
+            manifest["status"] = "interrupted" if interrupted else "stopped" if summary.circuit_open else "aborted"
             manifest["stopped_because"] = (
-                "interrupted (Ctrl-C)" if interrupted else summary.aborted or f"{type(exc).__name__}: {exc}"
+                "interrupted (Ctrl-C)" if interrupted
+                else summary.circuit_open or summary.aborted or f"{type(exc).__name__}: {exc}"
             )
             raise
-        manifest["status"] = "scoring"
         missing = _list_unusable_images(out, truths, missing, predictions_path, notes)
         manifest["counts"]["missing_images"] = len(missing)
+        stages = stage_failure_counts(predictions_path, {t.id for t in truths})
+        manifest["stage_failures"] = stages
+        degraded_title = _check_degraded(stages, len(truths), out, allow_degraded=allow_degraded)
+        if degraded_title:
+            notes.append(f"{degraded_title} (reported with --allow-degraded: these answers lack a required stage)")
+        manifest["status"] = "scoring"
+    except DegradedResultsError:
+        manifest["status"] = "refused: degraded"
+        raise
     finally:
         # Keep the record of what ran even when the run stops early (resuming continues it).
         if wrote_manifest:
@@ -383,7 +401,7 @@ async def arun_evaluation(
 
     metrics, report = _score_and_report(
         out, dataset_name, preset, exclude_same_author, truths, predictions_path, resources, notes,
-        resamples=resamples, seed=seed,
+        resamples=resamples, seed=seed, degraded_title=degraded_title, stage_failures=stages,
     )
     manifest["status"] = "complete"
     manifest["finished_at"] = _now()
@@ -440,7 +458,47 @@ def _batch_counts(summary: BatchSummary) -> dict[str, int]:
         "done_this_run": summary.done_this_run,
         "errors_this_run": summary.errors,
         "no_coordinate_this_run": summary.no_coordinate,
+        "degraded_this_run": summary.degraded,
     }
+
+
+def stage_failure_counts(predictions_path: Path, ids: set[str]) -> dict[str, dict[str, int]]:
+    """Over the run's lines (``ids``): images by status, images in which each step recorded a failure,
+    and images answered without each required stage."""
+    from collections import Counter
+
+    from geosleuth.agent.batch import scan_results
+
+    status: Counter[str] = Counter()
+    steps: Counter[str] = Counter()
+    missing: Counter[str] = Counter()
+    for record in scan_results(predictions_path).records:
+        if record.id not in ids:
+            continue
+        status[record.status] += 1
+        if record.prediction is None:
+            steps["perceive"] += 1  # the locate call raised: the image could not be read
+            continue
+        steps.update({failure.step for failure in record.prediction.failures})
+        missing.update(record.prediction.missing_stages)
+    return {"status": dict(status), "failures_by_step": dict(steps), "missing_stages": dict(missing)}
+
+
+def _check_degraded(stages: dict[str, dict[str, int]], n_images: int, out: Path, *, allow_degraded: bool) -> str:
+    """The report title's degraded note ("" when none); raises DegradedResultsError when a required
+    stage was missing for more than MAX_DEGRADED_SHARE of the images and that is not allowed."""
+    missing = stages["missing_stages"]
+    if not missing:
+        return ""
+    title = "degraded: " + ", ".join(f"{count} images without {stage}" for stage, count in sorted(missing.items()))
+    worst = max(missing.values())
+    if not allow_degraded and worst > MAX_DEGRADED_SHARE * n_images:
+        raise DegradedResultsError(
+            f"{title} of {n_images} (more than {MAX_DEGRADED_SHARE:.0%}), so this run is not reported as its "
+            f"preset; the predictions are kept in {out / PREDICTIONS_FILE}. Bring the stage back and run the same "
+            "command with --retry-degraded, or pass --allow-degraded to report it, titled as degraded"
+        )
+    return title
 
 
 def _score_and_report(
@@ -455,6 +513,8 @@ def _score_and_report(
     *,
     resamples: int,
     seed: int,
+    degraded_title: str = "",
+    stage_failures: dict[str, dict[str, int]] | None = None,
 ) -> tuple[EvalMetrics, ReportFiles]:
     from .metrics import evaluate
     from .predictions import read_geosleuth_jsonl
@@ -468,9 +528,11 @@ def _score_and_report(
             "(an earlier run of this folder with a larger limit); they are not scored"
         )
     leakage = "own id and same-author gallery items excluded" if exclude_same_author else "own id excluded"
+    title = f"{preset} on {dataset_name} ({leakage})" + (f" — {degraded_title}" if degraded_title else "")
     report = write_report(
-        out, metrics, truths, predictions, dataset=dataset_name,
-        title=f"{preset} on {dataset_name} ({leakage})", notes=notes,
+        out, metrics, truths, predictions, dataset=dataset_name, title=title, notes=notes,
+        boundaries=resources.geocoder.boundaries,
+        extra_metrics={"stage_failures": stage_failures} if stage_failures is not None else None,
     )
     return metrics, report
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
-from geosleuth.agent.state import Constraint
-from geosleuth.config import Config, load_config
+from geosleuth.config import Config, apply_overrides, load_config
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError, GeosleuthError
 from geosleuth.types import Prediction, Trace
 
 if TYPE_CHECKING:
-    from geosleuth.agent.chat import ChatSession, PlaceResolver
+    from geosleuth.agent.chat import ChatEngine, ChatSession, PlaceResolver
     from geosleuth.agent.graph import LocateOutcome, LocatePipeline
     from geosleuth.agent.runtime import Resources
     from geosleuth.geo import ReverseGeocoder
@@ -79,7 +79,7 @@ class Geolocator:
         (e.g. ``vlm__backend="none"``). Nothing loads until the first call.
         """
         base = config if config is not None else load_config()
-        return cls(apply_overrides(base, overrides) if overrides else base)
+        return cls(apply_overrides(base, overrides, origin="override") if overrides else base)
 
     @property
     def config(self) -> Config:
@@ -124,6 +124,23 @@ class Geolocator:
             self._sync_loop = asyncio.new_event_loop()
         return self._sync_loop.run_until_complete(coro)
 
+    # -- readiness ---------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """See :meth:`acheck_ready`."""
+        self._run_sync(self.acheck_ready())
+
+    async def acheck_ready(self) -> None:
+        """Preflight: load every model and index the configuration names (an in-process VLM's model
+        loads here) and, when the VLM is a server, send it one real request. Raises
+        StageUnavailableError (what failed, the URL, how to start it) before any photo is run."""
+        pipeline = await self._apipeline()
+        backend = pipeline.resources.backend
+        if backend is not None and self._config.vlm.backend == "openai":
+            from geosleuth.vlm.preflight import check_server_answers
+
+            await check_server_answers(backend, self._config.vlm)
+
     # -- one image ---------------------------------------------------------------------------
 
     def locate(
@@ -132,7 +149,9 @@ class Geolocator:
     ) -> Prediction:
         """Where ``image_path`` was taken. Raises ImageLoadError (naming the file) for a bad image.
 
-        A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``.
+        A prediction whose sources all failed has ``lat``/``lon`` None and a ``failure_reason``
+        (``status`` "failed"); one made without a stage the configuration asks for (e.g. the VLM
+        server did not answer) has ``status`` "degraded" and names them in ``missing_stages``.
         ``hint``: what you know about the place, in words (e.g. "it is in South America"); the VLM
         is shown it. It restricts nothing by itself: pass ``constraint`` for that.
         """
@@ -201,8 +220,9 @@ class Geolocator:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Progress, step by step: ``(step, update)`` after each of perceive, retrieve, reason,
         verify, decide (``update["event"]`` is that step's TraceEvent; the other keys are what the
-        step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace})``.
-        ``progress``: also ``("progress", {"progress": ProgressEvent})`` while a step runs."""
+        step produced), then one final ``("done", {"prediction": Prediction, "trace": Trace,
+        "summary": RunSummary})``. ``progress``: also ``("progress", {"progress": ProgressEvent})`` while a step
+        runs."""
         pipeline = await self._apipeline()
         async for step, update in pipeline.stream(
             os.fspath(image_path), constraints=as_constraints(constraint), top_k=top_k, hint=hint,
@@ -235,38 +255,25 @@ class Geolocator:
         """As :meth:`locate_many`, with each prediction's trace."""
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        from contextlib import aclosing
+
+        from geosleuth.agent.batch import map_unordered
+
         await self._apipeline()  # load once, before the first wave (and fail early on bad config)
         requests = (
             item if isinstance(item, LocateRequest) else LocateRequest(os.fspath(item)) for item in images
         )
-        in_flight: dict[asyncio.Task[LocateOutcome], str] = {}
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(in_flight) < concurrency:
-                    request = next(requests, None)
-                    if request is None:
-                        exhausted = True
-                        break
-                    in_flight[asyncio.ensure_future(self._arun(request))] = request.path
-                if not in_flight:
-                    return
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    path = in_flight.pop(task)
-                    error = task.exception()
-                    if error is None:
-                        outcome = task.result()
-                        yield path, (outcome.prediction, outcome.trace)
-                    elif isinstance(error, Exception):
-                        yield path, error
-                    else:  # KeyboardInterrupt / SystemExit / cancellation: not a per-image failure
-                        raise error
-        finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+
+        async def run(request: LocateRequest) -> tuple[str, tuple[Prediction, Trace] | Exception]:
+            try:
+                outcome = await self._arun(request)
+            except Exception as exc:  # one image's failure; KeyboardInterrupt / cancellation propagate
+                return request.path, exc
+            return request.path, (outcome.prediction, outcome.trace)
+
+        async with aclosing(map_unordered(run, requests, concurrency)) as results:
+            async for item in results:
+                yield item
 
     # -- chat --------------------------------------------------------------------------------
 
@@ -295,6 +302,18 @@ class Geolocator:
             db_path=db_path,
             resolver=self._place_resolver,
         )
+
+    async def open_chat_engine(self, db_path: str | PathLike[str] | None = None) -> ChatEngine:
+        """Chat sessions by id, for a server (:class:`geosleuth.agent.chat.ChatEngine`), on this
+        geolocator's models. ``db_path``: the session database (default: the one ``open_chat`` and
+        ``geosleuth chat`` use). Close the engine (``aclose``) before this geolocator.
+        """
+        from geosleuth.agent.chat import ChatEngine, PlaceResolver
+
+        pipeline = await self._apipeline()
+        if self._place_resolver is None:
+            self._place_resolver = PlaceResolver(pipeline.resources.geocoder)
+        return ChatEngine(pipeline.resources, db_path, pipeline=pipeline, resolver=self._place_resolver)
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -355,24 +374,3 @@ def as_constraints(constraint: Constraints) -> list[Constraint]:
         if not isinstance(item, Constraint):
             raise TypeError(f"constraint must be a geosleuth Constraint, got {type(item).__name__}")
     return constraints
-
-
-def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """``config`` with ``section={"key": value}`` / ``section__key=value`` overrides, validated."""
-    tree = config.model_dump()
-    for name, value in overrides.items():
-        section, sep, key = name.partition("__")
-        if section not in tree:
-            raise ConfigError(
-                f"unknown configuration section {section!r} in override {name!r}; sections are {', '.join(tree)}"
-            )
-        if sep:
-            tree[section][key] = value
-        elif isinstance(value, dict):
-            tree[section].update(value)
-        else:
-            raise ConfigError(f"override {name!r} must be a dict of settings, or use {name}__KEY=value")
-    try:
-        return Config.model_validate(tree)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration override: {exc}") from None

@@ -122,12 +122,22 @@ class PromptConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    w_geoclip: float = Field(1.0, ge=0, description="image-location embedding similarity")
-    w_neighbor_support: float = Field(1.0, ge=0, description="retrieved neighbours near the candidate")
-    w_vlm_agreement: float = Field(1.0, ge=0, description="VLM samples near the candidate")
-    w_geo_consistency: float = Field(0.5, ge=0, description="stated country/region matches the reverse-geocoded place")
-    support_radius_km: float = Field(200.0, gt=0)
-    refine_radius_km: float = Field(25.0, ge=0, description="0 = no refinement of the winner within its cluster")
+    w_geoclip: float = Field(1.0, ge=0, description="scales the calibrated weight of GeoCLIP's GPS candidates")
+    w_neighbor_support: float = Field(1.0, ge=0, description="scales the calibrated weight of gallery neighbours")
+    w_vlm_agreement: float = Field(1.0, ge=0, description="scales the calibrated weight of VLM answers")
+    w_geo_consistency: float = Field(
+        0.5, ge=0, description="how much a VLM answer whose stated country contradicts its coordinate is "
+        "down-weighted (0 = not at all, 1 = to nothing)"
+    )
+    support_radius_km: float = Field(200.0, gt=0, description="VLM clues within this distance support the answer")
+    refine_radius_km: float = Field(
+        25.0, ge=0, description="cluster radius: candidates this close to a cluster's lead are one place, answered "
+        "by their mean position; 0 = every distinct coordinate is its own place"
+    )
+    calibration: Path | None = Field(
+        None, description="calibration file from `geosleuth eval calibrate` (source weights + per-level maps); "
+        "none = the shipped default (fitted on a simulation, see README)"
+    )
     candidate_sources: list[Literal["retrieval", "gps-gallery", "vlm", "user"]] = Field(
         default_factory=lambda: ["retrieval", "gps-gallery", "vlm", "user"],
         min_length=1,
@@ -239,11 +249,27 @@ def _validated(tree: dict[str, Any], where: str) -> Config:
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
 
 
-def apply_overrides(config: Config, assignments: Sequence[str], *, origin: str = "--set") -> Config:
-    """``config`` with ``section.key=value`` strings applied in order (later wins), read as ``--set`` reads them."""
+def apply_overrides(
+    config: Config, overrides: Sequence[str] | Mapping[str, Any], *, origin: str = "--set"
+) -> Config:
+    """``config`` with overrides applied (later wins), validated. ``overrides`` is either
+    ``section.key=value`` strings, read as ``--set`` reads them, or a mapping of typed values:
+    ``{"section__key": value}`` / ``{"section.key": value}`` / ``{"section": {"key": value}}``
+    (``Geolocator.from_config(**overrides)``)."""
     tree = config.model_dump(mode="json")
-    _apply_assignments(tree, assignments, origin)
-    return _validated(tree, f" after {origin} {list(assignments)}")
+    if isinstance(overrides, Mapping):
+        for name, value in overrides.items():
+            dotted = name.replace("__", ".")
+            if "." in dotted:
+                _set_path(tree, dotted, value, f"{origin} {name!r}")
+            elif isinstance(value, Mapping):
+                for key, item in value.items():
+                    _set_path(tree, f"{name}.{key}", item, f"{origin} {name!r}")
+            else:
+                raise ConfigError(f"{origin} {name!r}: give a dict of settings, or use {name}__KEY=value")
+        return _validated(tree, f" after {origin} {dict(overrides)!r}")
+    _apply_assignments(tree, overrides, origin)
+    return _validated(tree, f" after {origin} {list(overrides)}")
 
 
 def expand_path(path: Path) -> Path:

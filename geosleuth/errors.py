@@ -38,3 +38,13 @@ class DataFileError(GeosleuthError):
 
 class VLMError(GeosleuthError):
     """The vision-language model could not be reached or its answer could not be used."""
+
+
+class StageUnavailableError(GeosleuthError):
+    """A stage the configuration asks for (the VLM server, a gallery) is not working, so a run would
+    only produce degraded answers: it is stopped before (preflight) or during (circuit breaker) the run."""
+
+
+class DegradedResultsError(GeosleuthError):
+    """Too many answers lack a stage the configuration asks for to report them as that configuration
+    (e.g. an evaluation whose VLM was down); ``--allow-degraded`` reports them, marked as degraded."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosleuth.errors import GalleryIndexError, ImageLoadError
+from geosleuth.fileio import atomic_write_json, atomic_writer
 from geosleuth.index.sources import EmbeddingsSource, GallerySource, metadata_records
 from geosleuth.index.store import (
     BUILD_DIR,
@@ -104,12 +105,14 @@ def build_store(
     keep_shards: bool = True,
     progress: ProgressCallback | None = None,
     after_shard: Callable[[int], None] | None = None,
+    engine: ShardEngine | None = None,
 ) -> BuildReport:
     """Build (or resume building) the gallery store ``out`` from ``source``.
 
     ``encoder`` embeds the images of folder/table sources; precomputed embeddings carry their own
     encoder identity (a given ``encoder`` must match it). ``after_shard(i)`` is called once shard
-    ``i`` is safely on disk (tests use it to simulate a crash).
+    ``i`` is safely on disk (tests use it to simulate a crash). ``engine`` runs the encode phase
+    elsewhere (``index/build_ray.py``); the index phase and the store are the same either way.
     """
     started = time.perf_counter()
     spec = spec or IndexSpec()
@@ -137,7 +140,7 @@ def build_store(
         assert encoder is not None  # _encoder_identity checked
         encoded, reused = _encode_shards(
             items, work, encoder, shard_size=shard_size, batch_size=batch_size, load_workers=load_workers,
-            max_pixels=max_pixels, progress=report_progress, after_shard=after_shard,
+            max_pixels=max_pixels, progress=report_progress, after_shard=after_shard, engine=engine,
         )
         chunks = _ShardChunks(work, len(items), shard_size)
 
@@ -218,9 +221,7 @@ def _prepare(root: Path, plan: dict[str, Any], *, resume: bool, overwrite: bool)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=True, ensure_ascii=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +230,37 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _shard_name(i: int) -> str:
     return f"shard-{i:06d}"
+
+
+@dataclass
+class EncodedShard:
+    """One shard's embeddings (rows = ``positions`` in the source table) and its failures."""
+
+    positions: np.ndarray  # int64
+    vectors: np.ndarray  # (n, D) float32
+    lat: np.ndarray
+    lon: np.ndarray
+    failures: list[BuildFailure]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What an encode engine needs to embed the missing shards (``todo``) of a build."""
+
+    items: pd.DataFrame  # the source table: path, lat, lon (NaN: take the photo's EXIF GPS)
+    work: Path  # STORE/build: where shards are committed
+    todo: list[int]
+    shard_size: int
+    batch_size: int
+    max_pixels: int | None
+
+    def positions(self, s: int) -> np.ndarray:
+        return np.arange(s * self.shard_size, min(len(self.items), (s + 1) * self.shard_size))
+
+
+# Runs the encode phase elsewhere (e.g. index/build_ray.py): embeds plan.todo, commits each shard
+# with write_shard, and yields each shard's id once it is committed.
+ShardEngine = Callable[[ShardPlan], Iterator[int]]
 
 
 def _encode_shards(
@@ -242,6 +274,7 @@ def _encode_shards(
     max_pixels: int | None,
     progress: ProgressCallback,
     after_shard: Callable[[int], None] | None,
+    engine: ShardEngine | None = None,
 ) -> tuple[int, int]:
     total = len(items)
     n_shards = -(-total // shard_size)
@@ -249,50 +282,85 @@ def _encode_shards(
     reused = total - sum(min(shard_size, total - s * shard_size) for s in todo)
     done = reused
     progress(PHASE_ENCODE, done, total)
+    plan = ShardPlan(items, work, todo, shard_size, batch_size, max_pixels)
+    if engine is not None:
+        for s in engine(plan):
+            done += len(plan.positions(s))
+            progress(PHASE_ENCODE, done, total)
+            if after_shard is not None:
+                after_shard(s)
+        return total - reused, reused
     paths = items["path"].tolist()
     known_lat = items["lat"].to_numpy()
     known_lon = items["lon"].to_numpy()
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(PHASE_ENCODE, done, total)
+
     with ThreadPoolExecutor(max_workers=max(1, load_workers), thread_name_prefix="gallery-load") as pool:
         for s in todo:
-            positions = np.arange(s * shard_size, min(total, (s + 1) * shard_size))
-            batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
-            kept: list[int] = []
-            lats: list[float] = []
-            lons: list[float] = []
-            vectors: list[np.ndarray] = []
-            failures: list[BuildFailure] = []
-            pending = _submit(pool, batches[0], paths, max_pixels) if batches else []
-            for b in range(len(batches)):
-                loaded = [f.result() for f in pending]
-                # Read the next batch while this one is embedded.
-                pending = _submit(pool, batches[b + 1], paths, max_pixels) if b + 1 < len(batches) else []
-                images = []
-                for pos, result in zip(batches[b], loaded, strict=True):
-                    if isinstance(result, BuildFailure):
-                        failures.append(result)
-                        continue
-                    lat, lon = float(known_lat[pos]), float(known_lon[pos])
-                    if np.isnan(lat):  # image folders: the position is in the photo's EXIF
-                        gps = result.ref.exif.gps if result.ref.exif is not None else None
-                        if gps is None:
-                            failures.append(BuildFailure(str(paths[pos]), "no GPS position in the photo's EXIF data"))
-                            continue
-                        lat, lon = gps.lat, gps.lon
-                    kept.append(int(pos))
-                    lats.append(lat)
-                    lons.append(lon)
-                    images.append(result.image)
-                if images:
-                    vectors.append(np.asarray(encoder.encode(images).retrieval, dtype=np.float32))
-                done += len(batches[b])
-                progress(PHASE_ENCODE, done, total)
-            embedded = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
-            _write_shard(
-                work, s, np.asarray(kept, dtype=np.int64), embedded, np.asarray(lats), np.asarray(lons), failures
+            positions = plan.positions(s)
+            shard = encode_shard(
+                positions, [paths[p] for p in positions], known_lat[positions], known_lon[positions], encoder,
+                batch_size=batch_size, pool=pool, max_pixels=max_pixels, on_batch=advance,
             )
+            write_shard(work, s, shard)
             if after_shard is not None:
                 after_shard(s)
     return total - reused, reused
+
+
+def encode_shard(
+    positions: np.ndarray,
+    paths: list[Any],
+    known_lat: np.ndarray,
+    known_lon: np.ndarray,
+    encoder: ImageEncoder,
+    *,
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    max_pixels: int | None,
+    on_batch: Callable[[int], None] | None = None,
+) -> EncodedShard:
+    """Load and embed one shard's images (``paths``/``known_lat``/``known_lon`` aligned with
+    ``positions``; a NaN latitude means: take the photo's EXIF GPS), reading the next batch while
+    one is embedded. Unreadable images and photos without a position become failures."""
+    local = np.arange(len(positions))
+    batches = [local[i : i + batch_size] for i in range(0, len(local), batch_size)]
+    kept: list[int] = []
+    lats: list[float] = []
+    lons: list[float] = []
+    vectors: list[np.ndarray] = []
+    failures: list[BuildFailure] = []
+    pending = _submit(pool, batches[0], paths, max_pixels) if batches else []
+    for b in range(len(batches)):
+        loaded = [f.result() for f in pending]
+        # Read the next batch while this one is embedded.
+        pending = _submit(pool, batches[b + 1], paths, max_pixels) if b + 1 < len(batches) else []
+        images = []
+        for i, result in zip(batches[b], loaded, strict=True):
+            if isinstance(result, BuildFailure):
+                failures.append(result)
+                continue
+            lat, lon = float(known_lat[i]), float(known_lon[i])
+            if np.isnan(lat):  # image folders: the position is in the photo's EXIF
+                gps = result.ref.exif.gps if result.ref.exif is not None else None
+                if gps is None:
+                    failures.append(BuildFailure(str(paths[i]), "no GPS position in the photo's EXIF data"))
+                    continue
+                lat, lon = gps.lat, gps.lon
+            kept.append(int(positions[i]))
+            lats.append(lat)
+            lons.append(lon)
+            images.append(result.image)
+        if images:
+            vectors.append(np.asarray(encoder.encode(images).retrieval, dtype=np.float32))
+        if on_batch is not None:
+            on_batch(len(batches[b]))
+    embedded = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
+    return EncodedShard(np.asarray(kept, dtype=np.int64), embedded, np.asarray(lats), np.asarray(lons), failures)
 
 
 def _submit(pool: ThreadPoolExecutor, positions: np.ndarray, paths: list[Any], max_pixels: int | None) -> list[Future]:
@@ -308,18 +376,15 @@ def _load(path: str, max_pixels: int | None) -> LoadedImage | BuildFailure:
         return BuildFailure(str(path), exc.reason)
 
 
-def _write_shard(
-    work: Path, s: int, positions: np.ndarray, vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-    failures: list[BuildFailure],
-) -> None:
+def write_shard(work: Path, s: int, shard: EncodedShard) -> None:
+    """Commit shard ``s``: its failures, then its embeddings atomically (the ``.npz`` marks it done)."""
     name = _shard_name(s)
-    _write_json_atomic(work / f"{name}.failures.json", [asdict(f) for f in failures])
-    tmp = work / f"{name}.npz.tmp"
-    with tmp.open("wb") as fh:
-        np.savez(fh, positions=positions, vectors=vectors, lat=lat.astype(np.float64), lon=lon.astype(np.float64))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, work / f"{name}.npz")  # the .npz appearing is what marks the shard done
+    _write_json_atomic(work / f"{name}.failures.json", [asdict(f) for f in shard.failures])
+    with atomic_writer(work / f"{name}.npz", binary=True) as fh:  # the .npz appearing marks the shard done
+        np.savez(
+            fh, positions=shard.positions, vectors=shard.vectors, lat=shard.lat.astype(np.float64),
+            lon=shard.lon.astype(np.float64),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

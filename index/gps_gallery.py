@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 
 from geosleuth.config import expand_path
 from geosleuth.errors import DataFileError, InvalidCoordinateError
+from geosleuth.fileio import atomic_writer
 from geosleuth.geo import validate_coordinate
 from geosleuth.index.encoders import LocationEncoder, geoclip_package_dir
 from geosleuth.types import GPSCandidate
@@ -405,14 +405,6 @@ class _EmbeddingCache:
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temporary file in the same folder + rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers see the old file or the new one (:mod:`geosleuth.fileio`)."""
+    with atomic_writer(path, binary=True) as handle:
+        write(handle)

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -272,11 +272,26 @@ def create_index(index_type: str, dim: int, params: dict[str, Any]) -> faiss.Ind
 # The store
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy with unit-length rows (rows of zeros stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+@runtime_checkable
+class ImageGallery(Protocol):
+    """What the pipeline needs from an image gallery (:class:`GalleryStore` is the one that ships).
+
+    ``search`` / ``dissimilar``: the ``k`` most / least similar gallery images to a retrieval
+    embedding, best / least similar first, without the excluded ids and authors. ``describe``: one
+    line saying which gallery this is, recorded in traces. ``close``: release its files.
+    """
+
+    def search(
+        self, embedding: np.ndarray, k: int, *, exclude_ids: Iterable[str] = (), exclude_authors: Iterable[str] = ()
+    ) -> list[GalleryNeighbor]: ...
+
+    def dissimilar(
+        self, embedding: np.ndarray, k: int, *, exclude_ids: Iterable[str] = (), exclude_authors: Iterable[str] = ()
+    ) -> list[GalleryNeighbor]: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 def read_manifest(path: Path) -> StoreManifest:
@@ -416,6 +431,10 @@ class GalleryStore:
     def __repr__(self) -> str:
         m = self.manifest
         return f"GalleryStore({str(self.path)!r}, {m.count} images, {m.index_type}, encoder={m.encoder.name!r})"
+
+    def describe(self) -> str:
+        """Where the store is, its size and index type (as traces record it)."""
+        return f"{self.path} ({self.manifest.count} images, {self.manifest.index_type})"
 
     @property
     def encoder(self) -> EncoderIdentity:
@@ -611,14 +630,6 @@ class GalleryStore:
             args = (limit,)
         with self._lock:
             return [BuildFailure(s, r) for s, r in self._db.execute(sql, args)]
-
-    def get(self, item_id: str) -> GalleryNeighbor | None:
-        """The gallery record with this id (similarity 1.0), or None."""
-        with self._lock:
-            rec = self._db.execute(
-                "SELECT row, id, lat, lon, author, metadata FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
-        return None if rec is None else self._neighbor(rec, 1.0)
 
 
 def place_from_metadata(metadata: dict[str, MetadataValue]) -> Place | None:

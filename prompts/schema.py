@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_NAME = "geo_answer"
 # Length bounds: enough for real answers, and they stop a weak model (or a random test model)
@@ -55,9 +55,18 @@ class GeoAnswer(BaseModel):
     country: str = Field(max_length=MAX_NAME_CHARS)
     region: str | None = Field(max_length=MAX_NAME_CHARS, description="state / province / region, null when unknown")
     city: str | None = Field(max_length=MAX_NAME_CHARS, description="city or nearest town, null when unknown")
-    latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
-    longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    latitude: float | None = Field(ge=-90.0, le=90.0, allow_inf_nan=False, description="null when you cannot tell")
+    longitude: float | None = Field(ge=-180.0, le=180.0, allow_inf_nan=False, description="null when you cannot tell")
     confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="0 = a guess, 1 = certain")
+    cannot_tell_because: str | None = Field(
+        None, max_length=MAX_CLUE_CHARS,
+        description="why the place cannot be told (only with a null coordinate), else null",
+    )
+
+    @property
+    def abstains(self) -> bool:
+        """The model said it cannot tell: a null coordinate (recorded as an abstention, never a point)."""
+        return self.latitude is None
 
     @field_validator("continent", "country", "region", "city", mode="before")
     @classmethod
@@ -68,6 +77,21 @@ class GeoAnswer(BaseModel):
     @classmethod
     def _first_clues(cls, value: object) -> object:
         return value[:MAX_CLUES] if isinstance(value, list) else value
+
+    @field_validator("cannot_tell_because", mode="before")
+    @classmethod
+    def _clip_reason(cls, value: object) -> object:
+        return _clip_text(value, MAX_CLUE_CHARS)
+
+    @model_validator(mode="after")
+    def _coordinate_or_reason(self) -> GeoAnswer:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither (null both when you cannot tell)")
+        if self.latitude is None and not (self.cannot_tell_because or "").strip():
+            raise ValueError("a null coordinate needs cannot_tell_because: say why the place cannot be told")
+        if self.latitude is not None:
+            self.cannot_tell_because = None  # a reason beside a coordinate is no abstention
+        return self
 
 
 class AnswerParseError(ValueError):
@@ -110,11 +134,29 @@ def _make_strict(node: Any) -> Any:
     return out
 
 
+def _without_null(node: dict[str, Any]) -> dict[str, Any]:
+    options = [option for option in node.get("anyOf", [node]) if option.get("type") != "null"]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _coordinate_or_reason(strict: dict[str, Any]) -> dict[str, Any]:
+    """Two shapes, so that constrained decoding can only write what :class:`GeoAnswer` accepts: an
+    answer (both coordinates, no reason) or an abstention (both null, a reason). One object with
+    independently nullable fields let a random model write a latitude with a null longitude."""
+    props = strict["properties"]
+    answer = {**props, "latitude": _without_null(props["latitude"]), "longitude": _without_null(props["longitude"]),
+              "cannot_tell_because": {"type": "null"}}
+    reason = {**_without_null(props["cannot_tell_because"]), "minLength": 1}
+    abstention = {**props, "latitude": {"type": "null"}, "longitude": {"type": "null"}, "cannot_tell_because": reason}
+    return {"anyOf": [{**strict, "properties": answer}, {**strict, "properties": abstention}]}
+
+
 def answer_json_schema() -> dict[str, Any]:
-    """GeoAnswer as a strict-mode JSON schema (a fresh dict on every call; callers may keep it)."""
+    """GeoAnswer as a strict JSON schema (a fresh dict on every call; callers may keep it): every object
+    closed, every property required, and the coordinate-or-reason rule as two alternative objects."""
     raw = GeoAnswer.model_json_schema()
     raw.pop("description", None)  # the class docstring is for developers, not for the model
-    return _make_strict(_inline_refs(raw, raw.get("$defs", {})))
+    return _coordinate_or_reason(_make_strict(_inline_refs(raw, raw.get("$defs", {}))))
 
 
 def _skeleton(node: dict[str, Any]) -> str:
@@ -135,8 +177,14 @@ def _skeleton(node: dict[str, Any]) -> str:
 
 
 def answer_skeleton() -> str:
-    """A compact one-line picture of the JSON answer, derived from the schema, for prompts."""
-    return _skeleton(answer_json_schema())
+    """A compact picture of the JSON answer, derived from the schema, for prompts: the answer's shape,
+    then how an abstention differs from it."""
+    answer, abstention = answer_json_schema()["anyOf"]
+    differs = ", ".join(
+        f'"{name}": {_skeleton(sub)}' for name, sub in abstention["properties"].items()
+        if sub != answer["properties"][name]
+    )
+    return f"{_skeleton(answer)} -- or, when you cannot tell: the same with {differs}"
 
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,28 @@ def write_tiny_config(tiny_clip_dir: Path, gps_2k_csv: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster per test session (2 CPUs, token authentication), shut down at the end.
+
+    Started in this process (so in-process runs reuse the connection); yields its address for drivers
+    in subprocesses (``--address``). Ray maps 127.0.0.1 to this machine's own address, so the traffic
+    stays on this machine. The token travels in the environment only."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    # RAY_AUTH_MODE stays unset: a new local cluster then turns token authentication on (Ray 2.60's
+    # default) with this token, and drivers started from here find it in their environment.
+    os.environ.update(RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -14,15 +14,19 @@ import typer
 
 from geosleuth import __version__
 from geosleuth.cli import (
-    agent_cmd,
+    batch_cmd,
+    chat_cmd,
     config_cmd,
     eval_cmd,
+    export_cmd,
     index_cmd,
+    locate_cmd,
     models_cmd,
     trace_cmd,
+    ui_cmd,
     vlm_cmd,
 )
-from geosleuth.cli.common import CLIState
+from geosleuth.cli.common import EXIT_CODES_HELP, CLIState
 
 app = typer.Typer(
     name="geosleuth",
@@ -55,7 +59,11 @@ def _root(
     ctx.obj = CLIState(config_path=config, overrides=list(set_))
 
 
-agent_cmd.register(app)
+app.command("locate", epilog=EXIT_CODES_HELP)(locate_cmd.locate)
+app.command("batch", epilog=EXIT_CODES_HELP)(batch_cmd.batch)
+app.command("export")(export_cmd.export)
+app.command("chat", epilog=EXIT_CODES_HELP)(chat_cmd.chat)
+ui_cmd.register(app)
 app.add_typer(index_cmd.app, name="index", help="Build, inspect and search image-gallery indexes.")
 app.add_typer(vlm_cmd.app, name="vlm", help="Serve and check the vision-language model.")
 app.add_typer(eval_cmd.app, name="eval", help="Score predictions and run benchmarks.")

@@ -7,20 +7,33 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from geosleuth.config import Config, load_config
-from geosleuth.errors import GeosleuthError
+from geosleuth.errors import DegradedResultsError, GeosleuthError, StageUnavailableError
+
+if TYPE_CHECKING:
+    from geosleuth.api import Geolocator
 
 T = TypeVar("T")
 
-# Exit codes: 1 = the job ran but some inputs failed; 2 = usage/config/input error.
-EXIT_PARTIAL_FAILURE = 1
-EXIT_USAGE = 2
+# Exit codes (README "Exit codes" and each command's --help list them).
+EXIT_PARTIAL_FAILURE = 1  # the job ran, but some images got no location (or raised)
+EXIT_USAGE = 2  # usage, configuration or input error: nothing (more) was run
+EXIT_DEGRADED = 3  # answers were given, but some lack a required stage (see --allow-degraded)
+EXIT_STAGE_UNAVAILABLE = 4  # a required stage is down: preflight failed, or the circuit breaker stopped the run
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all answers complete; 1 some images got no location; 2 usage, configuration or "
+    "input error; 3 some answers are degraded (a required stage such as the VLM was missing; "
+    "--allow-degraded accepts them); 4 a required stage is unavailable (the preflight request failed, "
+    "or the circuit breaker stopped the run; finished results are kept); 130 interrupted."
+)
 
 
 @dataclass
@@ -50,13 +63,16 @@ def err_console() -> Console:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print geosleuth's own errors as one readable line and exit 2, instead of a traceback."""
+    """Print geosleuth's own errors as one readable line and exit 2 (4 for a required stage that
+    is unavailable, 3 for results too degraded to report), instead of a traceback."""
     try:
         yield
     except GeosleuthError as exc:
         # Text, not markup: paths and model text may contain "[" that rich would eat.
         err_console().print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        code = (EXIT_STAGE_UNAVAILABLE if isinstance(exc, StageUnavailableError)
+                else EXIT_DEGRADED if isinstance(exc, DegradedResultsError) else EXIT_USAGE)
+        raise typer.Exit(code) from None
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
@@ -66,3 +82,11 @@ def run_guarded(fn: Callable[[], T]) -> T:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def open_geolocator(ctx: typer.Context) -> Geolocator:
+    """The commands' Geolocator for the effective configuration (models load on first use).
+    Call it as ``common.open_geolocator`` so tests can hand the commands a double."""
+    from geosleuth.api import Geolocator
+
+    return Geolocator.from_config(state(ctx).config())

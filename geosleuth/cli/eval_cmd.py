@@ -31,6 +31,7 @@ class FormatChoice(str, Enum):
     auto = "auto"
     geosleuth_jsonl = "geosleuth-jsonl"
     published_csv = "published-csv"
+    table_csv = "table-csv"
 
 
 class DistanceChoice(str, Enum):
@@ -72,7 +73,8 @@ def _guarded(fn: Callable[[], T], collected: list[str]) -> T:
 @app.command("score")
 def score(
     predictions: Path = typer.Option(
-        ..., "--predictions", "-p", help="geosleuth batch JSONL, or a published per-image CSV (own truth)"
+        ..., "--predictions", "-p",
+        help="geosleuth batch JSONL, a CSV (our export, or id,lat,lon), or a published per-image CSV (own truth)"
     ),
     truth: Path | None = typer.Option(
         None, "--truth", "-t", help="ground-truth metadata (optional for a published CSV, which carries it)"
@@ -84,7 +86,8 @@ def score(
         None, "--images", help="image folder: list ground-truth images that are missing or unreadable"
     ),
     fmt: FormatChoice = typer.Option(
-        FormatChoice.auto, "--format", help="predictions format (auto: .csv = published, else JSONL)"
+        FormatChoice.auto, "--format",
+        help="predictions format (auto: a .csv with truth columns = published, other .csv = table, else JSONL)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON (metrics.json's keys)"),
     resamples: int = typer.Option(1000, "--resamples", min=0, help="bootstrap resamples (0: no intervals)"),
@@ -105,7 +108,8 @@ def score(
 ) -> None:
     """Score predictions: accuracy within 1/25/200/750/2500 km, errors, GeoScore, places, with intervals.
 
-    Failures (error lines, missing predictions) count as misses and are reported separately.
+    Failures (error lines, missing predictions) count as misses and are reported separately;
+    degraded answers (made without a required stage, e.g. the VLM) are counted beside them.
     """
     from geosleuth.eval.datasets import guess_dataset, load_dataset
     from geosleuth.eval.metrics import evaluate
@@ -170,6 +174,9 @@ def score(
         return
     console = Console()
     console.print(metrics_table(metrics, title=f"{predictions.name} — {dataset_name}, {metrics.distance}"))
+    console.print(f"failed: {metrics.failures} of {metrics.n}; degraded: {metrics.degraded} of {metrics.n}"
+                  + (" (" + ", ".join(f"{count} without {stage}" for stage, count in metrics.degraded_stages.items())
+                     + ")" if metrics.degraded else ""), highlight=False)
     if metrics.failure_reasons:
         top = list(metrics.failure_reasons.items())[:5]
         summary = "; ".join(f"{count} × {reason}" for reason, count in top)
@@ -200,6 +207,49 @@ def compare(
             typer.echo(f"### {dataset_name}\n\n{compare_markdown(runs, dataset_name)}\n")
         else:
             console.print(compare_table(runs, dataset_name))
+
+
+class CalibrationMethod(str, Enum):
+    isotonic = "isotonic"
+    platt = "platt"
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run_dir: Path = typer.Argument(..., help="a folder written by `geosleuth eval run` (manifest + predictions)"),
+    out: Path = typer.Option(..., "--out", "-o", help="calibration JSON to write; point verify.calibration at it"),
+    method: CalibrationMethod = typer.Option(CalibrationMethod.isotonic, "--method", help="per-level monotone map"),
+    calibration_id: str | None = typer.Option(None, "--id", help="name recorded in traces (default: the run's)"),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.05, max=0.5, help="share of images held out for the ECE"),
+    seed: int = typer.Option(0, "--seed", help="which images are held out"),
+) -> None:
+    """Fit the fusion's source weights and per-level confidence maps on an eval run's images.
+
+    Writes a versioned calibration file; its ``fit_report`` has the expected calibration error (ECE)
+    per level on held-out images, before (``ece_raw_*``) and after (``ece_*``) calibration.
+    """
+    from geosleuth.agent.confidence import calibration_json, load_calibration
+    from geosleuth.eval.calibration import calibrate, read_run
+    from geosleuth.geo import ReverseGeocoder
+
+    notes: list[str] = []
+    examples, left_out = _guarded(lambda: read_run(run_dir), notes)
+    console = err_console()
+    for note in left_out:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    fitted = _guarded(lambda: calibrate(
+        examples, ReverseGeocoder(), method=method.value, start=load_calibration(None),
+        calibration_id=calibration_id or f"eval-{run_dir.resolve().name}",
+        source=f"geosleuth eval calibrate {run_dir} ({len(examples)} images)", holdout=holdout, seed=seed,
+    ), notes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(calibration_json(fitted), encoding="utf-8")
+    report = fitted.fit_report
+    typer.echo(f"wrote {out}: {report['images']} images, {report['held_out']} held out; ECE per level "
+               "(held out, raw -> calibrated):")
+    for level in ("country", "region", "city", "within_25km", "within_200km"):
+        typer.echo(f"  {level:<13} {report[f'ece_raw_{level}']:.3f} -> {report[f'ece_{level}']:.3f}")
+    typer.echo(f"use it: geosleuth --set verify.calibration={out} locate PHOTO (or verify.calibration in the config)")
 
 
 # `eval run` and `eval presets` live in their own module.

@@ -17,13 +17,19 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from geosleuth.cli.common import EXIT_USAGE, err_console, state, user_errors
+from geosleuth.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_STAGE_UNAVAILABLE,
+    EXIT_USAGE,
+    err_console,
+    state,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from geosleuth.agent.batch import BatchResult, BatchSummary
     from geosleuth.eval.run import RunResult
 
-EXIT_INTERRUPTED = 130
 
 
 class BenchmarkName(str, Enum):
@@ -78,16 +84,26 @@ def run(
     traces: bool = typer.Option(False, "--traces", help="also write one trace JSON per image to OUT/traces"),
     resamples: int = typer.Option(1000, "--resamples", min=0, help="bootstrap resamples (0: no intervals)"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+    allow_degraded: bool = typer.Option(
+        False, "--allow-degraded",
+        help="keep going when a required stage is down and report the run anyway, titled as degraded",
+    ),
+    retry_degraded: bool = typer.Option(
+        False, "--retry-degraded", help="run the images answered without a required stage again"
+    ),
 ) -> None:
     """Run a benchmark through one preset of the pipeline, then score it and write the report.
 
     Resumes by default: run the same command again after a crash or Ctrl-C and only the missing
     images are located. Missing or unreadable images count as failures (misses) and are listed.
     Your --config / --set settings apply, and --set wins over the preset's own settings.
+    A VLM server is sent one test request first. A run in which a required stage (the VLM, a
+    gallery) was missing for more than 1% of the images is not reported unless --allow-degraded.
     Exits 0 when the run is scored (failed images are part of the score), 2 on a setup error,
-    130 when interrupted.
+    3 when too many answers are degraded, 4 when a required stage is unavailable (preflight, or the
+    circuit breaker stopped the run), 130 when interrupted.
     """
-    from geosleuth.agent.batch import BatchAborted, BatchInterrupted
+    from geosleuth.agent.batch import BatchAborted, BatchCircuitOpen, BatchInterrupted
     from geosleuth.eval.presets import get_preset
     from geosleuth.eval.run import run_evaluation
 
@@ -127,9 +143,12 @@ def run(
                 exclude_same_author=exclude_same_author, concurrency=concurrency, resume=True, overwrite=overwrite,
                 overrides=cli.overrides, save_traces=traces, resamples=resamples, seed=seed,
                 on_start=on_start, on_result=on_result, on_loaded=on_loaded,
+                allow_degraded=allow_degraded, retry_degraded=retry_degraded,
             )
         except BatchInterrupted as exc:
             stopped = (str(exc), EXIT_INTERRUPTED)
+        except BatchCircuitOpen as exc:
+            stopped = (str(exc), EXIT_STAGE_UNAVAILABLE)
         except BatchAborted as exc:
             stopped = (str(exc), EXIT_USAGE)
         finally:

@@ -24,6 +24,11 @@ app = typer.Typer(no_args_is_help=True)
 FAILURES_SHOWN = 10
 
 
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class IndexTypeChoice(str, Enum):
     flat = "flat"
     ivfsq = "ivfsq"
@@ -63,6 +68,12 @@ def build(
     nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF cells searched per query (default 16)"),
     train_size: int | None = typer.Option(None, "--train-size", min=1, help="vectors sampled to train the index"),
     drop_shards: bool = typer.Option(False, "--drop-shards", help="delete the cached embeddings after building"),
+    engine: EngineChoice = typer.Option(
+        EngineChoice.local, "--engine", help="local: embed here; ray: embed shards on a Ray cluster (docs/ray.md)"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="with --engine ray: the Ray cluster (HOST:PORT or auto; default: a local Ray)"
+    ),
 ) -> None:
     """Build a gallery store (resumable; unreadable images are reported, not fatal)."""
     from geosleuth.index.build import build_store
@@ -71,6 +82,9 @@ def build(
 
     config = state(ctx).config()
     console = err_console()
+    if address is not None and engine is not EngineChoice.ray:
+        console.print("[bold red]error:[/] --address needs --engine ray", highlight=False)
+        raise typer.Exit(2)
     with user_errors():
         spec = IndexSpec(index_type=index_type.value, nlist=nlist, nprobe=nprobe, train_size=train_size)
         encoder: ImageEncoder | None = None
@@ -89,13 +103,23 @@ def build(
         items = len(gallery.items())  # validates the table before any model loads
         if embeddings is None:
             encoder = _load_encoder(config)
+        shard_engine = None
+        if engine is EngineChoice.ray:
+            if encoder is None:
+                console.print("[yellow]note:[/] precomputed embeddings: nothing to embed, so Ray is not used")
+            else:
+                from geosleuth.index.build_ray import RayBuildOptions, ray_shard_engine
+
+                shard_engine = ray_shard_engine(
+                    config.encoders, EncoderIdentity.of(encoder), RayBuildOptions(address=address)
+                )
         console.print(f"building {spec.index_type} gallery store {str(out)!r} from {items} items")
         try:
             with _ProgressBars(console) as bars:
                 report = build_store(
                     gallery, out, encoder=encoder, spec=spec, resume=resume, overwrite=overwrite,
                     shard_size=shard_size, batch_size=config.encoders.batch_size, keep_shards=not drop_shards,
-                    progress=bars.update,
+                    progress=bars.update, engine=shard_engine,
                 )
         except KeyboardInterrupt:
             console.print(

@@ -25,7 +25,7 @@ def show(
 ) -> None:
     """Show a trace as a tree: steps, clues, hypotheses, candidates with their scores, decision."""
     with user_errors():
-        from geosleuth.agent.trace_view import load_traces, select_trace, trace_tree
+        from geosleuth.agent.trace import load_traces, select_trace, trace_tree
 
         loaded = select_trace(load_traces(file), trace_id, str(file))
         Console().print(trace_tree(loaded.trace))
@@ -38,18 +38,18 @@ def html_pages(
         None, "--out", "-o", help="folder for the pages (default: FILE's name + '-html', next to it)"
     ),
     trace_id: str | None = typer.Option(None, "--id", help="write only this trace's page"),
-    no_land: bool = typer.Option(False, "--no-land", help="leave the land backdrop off the maps"),
+    no_land: bool = typer.Option(False, "--no-land", help="leave land and borders off the maps"),
 ) -> None:
     """Write one self-contained HTML page per trace (inline SVG map, reasoning, score tables)."""
     with user_errors():
-        from geosleuth.agent.trace_view import html_file_name, land_cells, load_traces, select_trace, trace_html
+        from geosleuth.agent.trace import html_file_name, load_basemap, load_traces, select_trace, trace_html
 
         traces = load_traces(file)
         if trace_id is not None:
             traces = [select_trace(traces, trace_id, str(file))]
         folder = out if out is not None else file.with_name(f"{file.stem if file.is_file() else file.name}-html")
         folder.mkdir(parents=True, exist_ok=True)
-        land = [] if no_land else land_cells()
+        land = None if no_land else load_basemap()
         used: dict[str, int] = {}
         written: list[tuple[str, Path]] = []
         for loaded in traces:

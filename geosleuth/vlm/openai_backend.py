@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from geosleuth.errors import VLMError
@@ -65,13 +65,14 @@ class OpenAIBackend:
         # one after another (asyncio.run per image), so both are made per loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
+        self._closer: AsyncGenerator[None, None] | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self.attempts_made = 0  # HTTP attempts over this object's life (tests and `vlm check` read it)
 
     def __repr__(self) -> str:  # no API key in here, ever
         return f"OpenAIBackend(model={self.model_id!r}, base_url={self.base_url!r})"
 
-    def _session(self) -> tuple[Any, asyncio.Semaphore]:
+    async def _session(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             from openai import AsyncOpenAI
@@ -84,6 +85,10 @@ class OpenAIBackend:
             )
             self._semaphore = asyncio.Semaphore(self.concurrency)
             self._loop = loop
+            # Closed on the loop it belongs to when that loop shuts down (asyncio.run finalizes open
+            # async generators), so a client is never dropped open when the next call runs on a new loop.
+            self._closer = _close_when_loop_ends(self._client)
+            await self._closer.__anext__()
         assert self._semaphore is not None
         return self._client, self._semaphore
 
@@ -114,7 +119,7 @@ class OpenAIBackend:
     async def _complete(self, messages: list[dict[str, Any]], request: VLMRequest, n: int) -> list[VLMReply]:
         import openai
 
-        client, semaphore = self._session()
+        client, semaphore = await self._session()
         kwargs: dict[str, Any] = {
             "model": self.model_id,
             "messages": messages,
@@ -195,7 +200,19 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
+        closer, self._closer = self._closer, None
         if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()
+            if closer is not None:
+                await closer.aclose()
+
+
+async def _close_when_loop_ends(client: Any) -> AsyncGenerator[None, None]:
+    """Suspended until its loop finalizes it (``loop.shutdown_asyncgens``), then closes ``client``."""
+    try:
+        yield
+    finally:
+        if not client.is_closed():
             await client.close()
 
 

@@ -105,6 +105,12 @@ class FixedStore:
                    exclude_authors: Sequence[str] = ()) -> list[GalleryNeighbor]:
         return self._pick(self.far, k, exclude_ids, exclude_authors)
 
+    def describe(self) -> str:
+        return f"{self.path} ({len(self.neighbors)} neighbours)"
+
+    def close(self) -> None:
+        pass
+
 
 def neighbors_around(center: tuple[float, float], count: int, *, prefix: str, similarity: float = 0.9,
                      spread_deg: float = 0.05, author: str = "someone") -> list[GalleryNeighbor]:

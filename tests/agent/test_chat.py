@@ -71,7 +71,7 @@ def test_questions_and_other_messages(resolver: PlaceResolver, message: str, kin
 
 def test_hints_combine_areas_replace_areas() -> None:
     from geosleuth.agent.chat import merge_constraints
-    from geosleuth.agent.state import Constraint
+    from geosleuth.constraints import Constraint
 
     europe, spain = Constraint.in_continent("Europe"), Constraint.in_country("ES", "Spain")
     madrid = Constraint.within(40.4, -3.7, 50, "Madrid")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from geosleuth.agent.graph import STEPS, LocatePipeline
-from geosleuth.agent.state import Constraint
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ImageLoadError
 from geosleuth.geo import haversine_km
 from geosleuth.types import Prediction, Trace
@@ -56,6 +56,13 @@ def test_prediction_and_trace_from_all_sources(make_resources: Any, photo: Path,
     assert len(events["reason"].outputs["hypotheses"]) == 4
     assert all("scores" in c for c in events["verify"].outputs["candidates"])
     assert events["verify"].outputs["components"]["geoclip"] == "on"
+    # Per-level probabilities, each cluster's evidence per source, and which calibration made them.
+    assert prediction.levels is not None and prediction.confidence == prediction.levels.within_25km
+    assert prediction.evidence is not None and prediction.evidence.clusters[0].sources
+    assert all(a.confidence <= prediction.confidence for a in prediction.alternatives)
+    label = resources.calibration.label
+    assert events["verify"].inputs["calibration"] == label == trace.models["calibration"]
+    assert prediction.levels.calibration == label and len(label.split("@")[1]) == 12
     assert Trace.model_validate_json(trace.model_dump_json()) == trace  # JSON round trip, stable schema
 
 
@@ -100,7 +107,7 @@ def test_fresh_install_without_image_gallery(make_resources: Any, photo: Path, d
     outcome = run(LocatePipeline(make_resources(backend=doubles.ScriptedVLM(lisbon_answers(doubles)))), photo)
     assert outcome.prediction.sources_used == ["gps-gallery", "vlm"]
     verify_event = next(e for e in outcome.trace.events if e.step == "verify")
-    assert verify_event.outputs["components"]["neighbor_support"].startswith("not applicable")
+    assert verify_event.outputs["components"]["gallery"].startswith("not applicable")
 
 
 def test_no_candidate_at_all_gives_no_coordinate_and_says_why(make_resources: Any, photo: Path, doubles: Any) -> None:

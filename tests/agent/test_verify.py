@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geosleuth.agent.decide import cluster_candidates, decide, spherical_mean
-from geosleuth.agent.state import Constraint
-from geosleuth.agent.verify import GEO_CONSISTENCY, GEOCLIP, NEIGHBOR_SUPPORT, VLM_AGREEMENT, verify
+from geosleuth.agent.confidence import GALLERY, GEOCLIP, VLM_INFORMED, VLM_ZERO_SHOT
+from geosleuth.agent.decide import decide
+from geosleuth.agent.fusion import spherical_mean
+from geosleuth.agent.verify import verify
 from geosleuth.config import VerifyConfig
+from geosleuth.constraints import Constraint
 from geosleuth.errors import ConfigError
 from geosleuth.geo import haversine_km
 from geosleuth.types import Candidate, CandidateSource, GPSCandidate, Hypothesis, ImageRef, RetrievalResult
@@ -65,10 +67,13 @@ def test_candidate_at_the_query_location_wins_over_decoys(location_encoder: Any,
     best = result.ranked[0]
     assert dist_km(best, d.LISBON) < 25
     assert all(dist_km(c, d.LISBON) > 1000 for c in result.ranked[-5:])  # decoys at the bottom
-    assert sum(c.confidence for c in result.ranked) == pytest.approx(1.0)
-    assert all(0.0 <= s <= 1.0 for c in result.ranked for s in c.scores.values())
-    assert best.scores[GEOCLIP] > 0.5 and best.scores[NEIGHBOR_SUPPORT] > 0.5
-    assert all(v == "on" for v in result.components.values())
+    heaviest = result.evidence.clusters[0]
+    assert dist_km(heaviest, d.LISBON) < 25 and heaviest.posterior > 0.5
+    assert sum(c.posterior for c in result.evidence.clusters) + result.evidence.elsewhere_posterior == pytest.approx(1)
+    by_source = {s.source: s for s in heaviest.sources}
+    assert by_source[GALLERY].items == 4 and by_source[GEOCLIP].items == 1
+    assert [result.components[s] for s in (GALLERY, GEOCLIP, VLM_ZERO_SHOT)] == ["on"] * 3
+    assert result.components[VLM_INFORMED].startswith("not applicable")
 
 
 def test_geoclip_alone_picks_the_query_location_among_many_decoys(
@@ -80,9 +85,10 @@ def test_geoclip_alone_picks_the_query_location_among_many_decoys(
     retrieval = RetrievalResult(gps_candidates=gps(*decoys[:20], target, *decoys[20:]))
     result = run(retrieval, [], query=query_at(location_encoder, target), enc=location_encoder, geocoder=geocoder)
     assert dist_km(result.ranked[0], target) < 1
-    assert result.ranked[0].scores[GEOCLIP] == pytest.approx(1.0)
-    assert result.components[NEIGHBOR_SUPPORT].startswith("not applicable")
-    assert result.components[VLM_AGREEMENT].startswith("not applicable")
+    assert dist_km(result.evidence.clusters[0], target) < 1
+    assert result.evidence.clusters[0].sources[0].mass > 0.99  # GeoCLIP's softmax: all but certain
+    assert result.components[GALLERY].startswith("not applicable")
+    assert result.components[VLM_ZERO_SHOT].startswith("not applicable")
 
 
 def test_turning_a_component_off_changes_the_ranking(location_encoder: Any, geocoder: Any, doubles: Any) -> None:
@@ -97,11 +103,12 @@ def test_turning_a_component_off_changes_the_ranking(location_encoder: Any, geoc
 
     def winner(**weights: float) -> tuple[float, float]:
         best = run(retrieval, hyps, query=query, enc=location_encoder, geocoder=geocoder, **weights).ranked[0]
+        assert best.cluster == 0  # ranked lists the heaviest cluster first
         return best.lat, best.lon
 
-    only_geoclip = winner(w_neighbor_support=0, w_vlm_agreement=0, w_geo_consistency=0)
-    only_gallery = winner(w_geoclip=0, w_vlm_agreement=0, w_geo_consistency=0)
-    only_vlm = winner(w_geoclip=0, w_neighbor_support=0, w_geo_consistency=0)
+    only_geoclip = winner(w_neighbor_support=0, w_vlm_agreement=0)
+    only_gallery = winner(w_geoclip=0, w_vlm_agreement=0)
+    only_vlm = winner(w_geoclip=0, w_neighbor_support=0)
     assert dist_km(Candidate(lat=only_geoclip[0], lon=only_geoclip[1], source="gps-gallery"), d.TOKYO) < 1
     assert dist_km(Candidate(lat=only_gallery[0], lon=only_gallery[1], source="retrieval"), d.LISBON) < 25
     assert dist_km(Candidate(lat=only_vlm[0], lon=only_vlm[1], source="vlm"), d.SYDNEY) < 1
@@ -111,22 +118,18 @@ def test_turning_a_component_off_changes_the_ranking(location_encoder: Any, geoc
     assert all(GEOCLIP not in c.scores for c in off.ranked)
 
 
-def test_geo_consistency_prefers_answers_whose_coordinate_is_in_the_stated_country(
-    location_encoder: Any, geocoder: Any, doubles: Any
-) -> None:
+def test_an_answer_contradicting_its_stated_country_weighs_less(geocoder: Any, doubles: Any) -> None:
     d = doubles
     consistent = hypothesis(*d.PARIS, country="France", region="Ile-de-France", index=0)
     wrong_country = hypothesis(*d.NAIROBI, country="France", index=1)  # says France, points at Kenya
-    retrieval = RetrievalResult(gps_candidates=gps(d.TOKYO))
-    result = run(retrieval, [consistent, wrong_country], query=None, enc=None, geocoder=geocoder,
-                 w_neighbor_support=0, w_vlm_agreement=0)
-    by_ref = {c.source_ref: c for c in result.ranked}
-    assert by_ref["neighbors-0#0"].scores[GEO_CONSISTENCY] == 1.0
-    assert by_ref["neighbors-0#1"].scores[GEO_CONSISTENCY] == 0.0
-    assert result.ranked[0].source_ref == "neighbors-0#0"
-    # Not applicable to candidates that state no place: explicit absence, not a made-up neutral score.
-    assert GEO_CONSISTENCY not in by_ref["gps-0"].scores
-    assert result.components[GEOCLIP].startswith("not applicable")
+    wrong_country.confidence = 0.9
+
+    def answer(strength: float) -> Candidate:
+        return run(RetrievalResult(), [consistent, wrong_country], query=None, enc=None, geocoder=geocoder,
+                   w_geo_consistency=strength).ranked[0]
+
+    assert dist_km(answer(0.0), d.NAIROBI) < 1  # consistency ignored: the more confident answer
+    assert dist_km(answer(1.0), d.PARIS) < 1  # a self-contradicting answer is no evidence
 
 
 def test_a_constraint_moves_the_answer_inside_it(location_encoder: Any, geocoder: Any, doubles: Any) -> None:
@@ -155,9 +158,9 @@ def test_a_constraint_moves_the_answer_inside_it(location_encoder: Any, geocoder
 
 
 def test_all_weights_zero_is_refused(geocoder: Any) -> None:
-    with pytest.raises(ConfigError, match="every verification weight is 0"):
+    with pytest.raises(ConfigError, match="every evidence source is off"):
         verify(RetrievalResult(), [], geoclip_embedding=None, location_encoder=None, geocoder=geocoder,
-               config=VerifyConfig(w_geoclip=0, w_neighbor_support=0, w_vlm_agreement=0, w_geo_consistency=0))
+               config=VerifyConfig(w_geoclip=0, w_neighbor_support=0, w_vlm_agreement=0))
 
 
 def test_spherical_mean_across_the_antimeridian() -> None:
@@ -168,43 +171,38 @@ def test_spherical_mean_across_the_antimeridian() -> None:
     assert 170.0 < lon < 180.0 or lon == pytest.approx(-180.0)
 
 
-def test_decide_refines_within_the_winning_cluster_and_reports_alternatives(geocoder: Any, doubles: Any) -> None:
-    ranked = [
-        Candidate(lat=-16.50, lon=179.95, source="retrieval", score=0.9, confidence=0.4),
-        Candidate(lat=-16.55, lon=-179.95, source="retrieval", score=0.9, confidence=0.3),
-        Candidate(lat=doubles.TOKYO[0], lon=doubles.TOKYO[1], source="gps-gallery", score=0.5, confidence=0.2),
-        Candidate(lat=doubles.PARIS[0], lon=doubles.PARIS[1], source="vlm", score=0.4, confidence=0.1),
-    ]
-    assert cluster_candidates(ranked, 25.0) == [[0, 1], [2], [3]]
-    prediction = decide(
-        ranked, image=ImageRef(path="x.jpg"), hypotheses=[], geocoder=geocoder,
-        config=VerifyConfig(refine_radius_km=25.0), top_k=2, sources_used=["gallery"],
-    )
-    assert prediction.ok and abs(prediction.lon) > 179.9  # refined across the antimeridian, not near 0
-    assert prediction.confidence == pytest.approx(0.7)
-    assert len(prediction.alternatives) == 2
-    assert prediction.alternatives[0].confidence == pytest.approx(0.7)
-    assert (prediction.alternatives[1].lat, prediction.alternatives[1].lon) == doubles.TOKYO
-    assert prediction.place is not None and prediction.place.country_code == "FJ"
-
-
 def test_clues_come_from_vlm_answers_near_the_winner(geocoder: Any, doubles: Any) -> None:
-    ranked = [Candidate(lat=doubles.LISBON[0], lon=doubles.LISBON[1], source="vlm", score=0.8, confidence=1.0)]
     hyps = [
         hypothesis(38.7, -9.1, country="Portugal", clue="azulejo tiles", index=0),
-        hypothesis(*doubles.TOKYO, country="Japan", clue="kanji signs", index=1),
+        hypothesis(38.71, -9.11, country="Portugal", clue="tram", index=1),
+        hypothesis(*doubles.TOKYO, country="Japan", clue="kanji signs", index=2),
     ]
-    prediction = decide(ranked, image=ImageRef(path="x.jpg"), hypotheses=hyps, geocoder=geocoder,
+    checked = run(RetrievalResult(), hyps, query=None, enc=None, geocoder=geocoder)
+    prediction = decide(checked, image=ImageRef(path="x.jpg"), hypotheses=hyps, geocoder=geocoder,
                         config=VerifyConfig(), top_k=3, sources_used=["vlm"])
-    assert [c.observation for c in prediction.clues] == ["azulejo tiles"]
+    assert sorted(c.observation for c in prediction.clues) == ["azulejo tiles", "tram"]
 
 
 def test_no_candidate_gives_no_coordinate_and_a_reason(geocoder: Any) -> None:
     result = verify(RetrievalResult(), [], geoclip_embedding=None, location_encoder=None, geocoder=geocoder,
                     config=VerifyConfig())
     assert result.ranked == []
-    prediction = decide(result.ranked, image=ImageRef(path="x.jpg"), hypotheses=[], geocoder=geocoder,
+    prediction = decide(result, image=ImageRef(path="x.jpg"), hypotheses=[], geocoder=geocoder,
                         config=VerifyConfig(), top_k=5, sources_used=[],
                         no_candidate_reason="no source proposed a candidate location: no VLM")
     assert prediction.lat is None and prediction.lon is None and not prediction.ok
     assert "no VLM" in (prediction.failure_reason or "")
+
+
+def test_the_area_a_hint_leaves_is_measured_roughly_right(geocoder: Any, doubles: Any) -> None:
+    from geosleuth.agent.verify import constrained_area_km2
+
+    france = constrained_area_km2([Constraint.in_country("FR", "France")], geocoder)
+    assert 0.5 < france / 640_000 < 2  # sea points near the coast do not count as France
+    portugal = constrained_area_km2([Constraint.in_country("PT", "Portugal")], geocoder)
+    assert portugal < 10 * 92_000
+    circle = constrained_area_km2([Constraint.within(*doubles.PARIS, 50, "Paris")], geocoder)
+    assert circle == pytest.approx(np.pi * 50**2, rel=0.01)
+    both = constrained_area_km2([Constraint.in_country("FR", "France"), Constraint.within(*doubles.PARIS, 50)],
+                                geocoder)
+    assert both <= circle * 1.0001

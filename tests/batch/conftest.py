@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from geosleuth.agent.batch import BatchItem
-from geosleuth.types import Candidate, CandidateSource, Clue, ImageRef, Place, Prediction
+from geosleuth.types import Candidate, CandidateSource, Clue, ImageRef, LevelConfidence, Place, Prediction
 
 # Lisbon: latitude and longitude differ in sign and size, so a swapped order shows.
 LISBON = (38.7223, -9.1393)
@@ -27,6 +27,8 @@ def fake_prediction(path: str, lat: float | None = LISBON[0], lon: float | None 
         lon=lon,
         place=place,
         confidence=0.42,
+        levels=LevelConfidence(country=0.9, region=0.7, city=0.5, within_25km=0.42, within_200km=0.6,
+                               calibration="test@000000000000"),
         alternatives=[
             Candidate(lat=lat, lon=lon, source=CandidateSource.VLM, score=0.8, confidence=0.42, place=place),
             Candidate(lat=41.15, lon=-8.61, source=CandidateSource.RETRIEVAL, score=0.5, confidence=0.2),

@@ -170,7 +170,7 @@ def test_resume_with_retry_errors_runs_failed_images_again(photo_folder, make_lo
     locator = make_locator()
     summary = run_batch(items, locator, out, resume=True, retry_errors=True)
     assert sorted(locator.calls) == sorted(BROKEN)
-    assert summary.dropped_error_lines == 3
+    assert summary.retried == {"error": 3}
     assert sorted(r.id for r in read_results(out)) == sorted(i.id for i in items)
 
 

@@ -35,6 +35,7 @@ def test_geojson_is_a_feature_collection_of_lon_lat_points(results: Path):
         lon, lat = feature["geometry"]["coordinates"]
         assert (lat, lon) == pytest.approx((38.7223, -9.1393))  # RFC 7946: [longitude, latitude]
         assert feature["properties"]["country_code"] == "PT"
+        assert feature["properties"]["p_country"] == 0.9 and feature["properties"]["p_within_25km"] == 0.42
     located = {"a.jpg", "b.png", "sub/d.jpg", "sub/e.JPG", "z.webp"}
     assert {f["properties"]["id"] for f in data["features"]} == located
 
@@ -77,7 +78,10 @@ def test_csv_has_a_header_and_every_image_with_its_status(results: Path):
     assert float(rows["a.jpg"]["lat"]) == pytest.approx(38.7223)
     assert float(rows["a.jpg"]["lon"]) == pytest.approx(-9.1393)
     assert rows["a.jpg"]["country"] == "Portugal"
-    assert rows["c.jpeg"]["status"] == "no-coordinate"
+    a = rows["a.jpg"]
+    assert (a["p_country"], a["p_city"], a["p_within_200km"]) == ("0.9", "0.5", "0.6")
+    assert rows["c.jpeg"]["status"] == "failed"
+    assert rows["c.jpeg"]["p_country"] == ""  # no answer, no probability
     assert rows["c.jpeg"]["lat"] == "" and rows["c.jpeg"]["failure_reason"]
     assert rows["broken_text.jpg"]["status"] == "error"
     assert rows["broken_text.jpg"]["error_type"] == "ImageLoadError"

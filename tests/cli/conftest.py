@@ -1,5 +1,6 @@
 """Fixtures for the command-line tests: a realistic trace (events shaped as the locate graph records
-them) whose model text contains HTML and rich markup, to check it is shown escaped."""
+them) whose model text contains HTML and rich markup, to check it is shown escaped; a console wide
+enough that no message wraps, whatever the terminal or the temporary path's length."""
 
 from __future__ import annotations
 
@@ -11,21 +12,36 @@ from geosleuth.types import (
     Candidate,
     CandidateSource,
     Clue,
+    ClusterEvidence,
     Coordinate,
     ExifInfo,
+    FusionEvidence,
     GalleryNeighbor,
     GPSCandidate,
     Hypothesis,
     ImageRef,
+    LevelConfidence,
     Place,
     Prediction,
     PromptRecord,
     ReasoningFailure,
     RetrievalResult,
+    SourceEvidence,
     StepFailure,
     Trace,
     TraceEvent,
 )
+
+# Rich wraps at the console width (COLUMNS), and messages quote tmp paths of any length: so wide
+# that nothing wraps, for every test here (rich reads COLUMNS whenever a Console is made).
+CONSOLE_COLUMNS = "4000"
+
+
+@pytest.fixture(autouse=True)
+def _console_never_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", CONSOLE_COLUMNS)
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+
 
 HOSTILE = '<script>alert("x")</script> [bold red]not markup[/] & more'
 
@@ -69,6 +85,20 @@ def build_trace(trace_id: str = "trace-1", path: str = "photos/porto.jpg") -> Tr
         clues=[clue], sources_used=["vlm", "gallery"],
         failures=[StepFailure(step="reason", error="1 of 3 VLM replies were unusable (reply is not JSON)")],
         trace_id=trace_id,
+        levels=LevelConfidence(country=0.93, region=0.81, city=0.66, within_25km=0.64, within_200km=0.88,
+                               calibration="mine@0123456789ab"),
+        evidence=FusionEvidence(
+            cluster_radius_km=25.0, allowed_area_km2=5.1e8, elsewhere_log_mass=-9.0, elsewhere_posterior=0.05,
+            calibration="mine@0123456789ab",
+            clusters=[
+                ClusterEvidence(lat=41.15, lon=-8.62, area_km2=1963.0, log_mass=-3.0, posterior=0.77, place=place,
+                                members=["vlm:neighbors-5#0"],
+                                sources=[SourceEvidence(source="vlm-informed", items=3, mass=0.625, log_density=-3.2,
+                                                        weight=0.6),
+                                         SourceEvidence(source="geoclip", items=0, mass=0.0, log_density=-8.7,
+                                                        weight=1.5)]),
+            ],
+        ),
     )
     events = [
         TraceEvent(step="perceive", started_at=1000.0, duration_s=0.1, outputs={"image": image.model_dump()}),
@@ -138,6 +168,9 @@ class FakeGeolocator:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.closed = False
+        self.preflight_error: Exception | None = None  # what acheck_ready raises (a server that is down)
+        self.preflights = 0
+        self.vlm_down_for: set[str] = set()  # file names answered without the VLM (degraded)
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[str] = []
@@ -145,6 +178,11 @@ class FakeGeolocator:
     @property
     def resources(self) -> None:
         return None
+
+    async def acheck_ready(self) -> None:
+        self.preflights += 1
+        if self.preflight_error is not None:
+            raise self.preflight_error
 
     async def alocate_with_trace(self, image_path, *, top_k=None, constraint=None):
         import asyncio
@@ -168,6 +206,8 @@ class FakeGeolocator:
             alternatives = base.alternatives[: top_k or len(base.alternatives)]
             prediction = base.model_copy(update={"image": ref, "lat": LISBON[0], "lon": LISBON[1],
                                                  "alternatives": alternatives})
+            if Path(str(image_path)).name in self.vlm_down_for:
+                prediction = Prediction.model_validate({**prediction.model_dump(), "missing_stages": ["vlm"]})
         trace.image, trace.prediction = ref, prediction
         return prediction, trace
 
@@ -188,10 +228,10 @@ class FakeGeolocator:
 @pytest.fixture
 def fake_geo(monkeypatch: pytest.MonkeyPatch) -> FakeGeolocator:
     """The commands get this double instead of a real Geolocator."""
-    from geosleuth.cli import agent_cmd
+    from geosleuth.cli import common
 
     fake = FakeGeolocator()
-    monkeypatch.setattr(agent_cmd, "_open_geolocator", lambda ctx: fake)
+    monkeypatch.setattr(common, "open_geolocator", lambda ctx: fake)
     return fake
 
 

@@ -14,7 +14,6 @@ from geosleuth.cli import app
 from geosleuth.types import Prediction, Trace
 
 runner = CliRunner()
-WIDE = {"COLUMNS": "200"}
 ALL_IDS = ["b.png", "broken.jpg", "nowhere.jpg", "porto.jpg", "sub/c.jpg", "sub/cut.jpg"]
 
 
@@ -25,7 +24,7 @@ def rows(path: Path) -> dict[str, dict]:
 def test_batch_over_a_folder_records_every_image_and_exits_1_when_some_failed(fake_geo, folder, tmp_path):
     out = tmp_path / "results.jsonl"
     result = runner.invoke(app, ["batch", str(folder), "--out", str(out), "-j", "3",
-                                 "--format", "geojson", "--format", "csv", "--format", "kml"], env=WIDE)
+                                 "--format", "geojson", "--format", "csv", "--format", "kml"])
     assert result.exit_code == 1, result.output
     lines = rows(out)
     assert sorted(lines) == ALL_IDS
@@ -70,9 +69,9 @@ def test_resume_runs_only_what_is_missing(fake_geo, folder, tmp_path):
     refused = runner.invoke(app, ["batch", str(everything), "--out", str(out)])
     assert refused.exit_code == 2 and "--resume" in refused.output
     fake_geo.calls.clear()
-    resumed = runner.invoke(app, ["batch", str(everything), "--out", str(out), "--resume"], env=WIDE)
+    resumed = runner.invoke(app, ["batch", str(everything), "--out", str(out), "--resume"])
     assert resumed.exit_code == 1, resumed.output
-    assert re.search(r"already done \(skipped\)\s+2\s*\n", resumed.stdout)
+    assert re.search(r"already done \(skipped\)\s+2 \(ok 2\)\s*\n", resumed.stdout)
     assert sorted(fake_geo.calls) == sorted(str(folder / i) for i in ALL_IDS if i not in ("b.png", "porto.jpg"))
     assert len(out.read_text().splitlines()) == len(ALL_IDS)
 
@@ -99,19 +98,27 @@ def test_export_command_converts_an_existing_results_file(fake_geo, folder, tmp_
     out = tmp_path / "r.jsonl"
     runner.invoke(app, ["batch", str(folder), "--out", str(out)])
     target = tmp_path / "map.geojson"
-    result = runner.invoke(app, ["export", str(out), "--format", "geojson", "--out", str(target)], env=WIDE)
+    result = runner.invoke(app, ["export", str(out), "--format", "geojson", "--out", str(target)])
     assert result.exit_code == 0, result.output
     assert "wrote 3 image(s)" in result.output and "3 image(s) without a location left out" in result.output
     assert json.loads(target.read_text())["type"] == "FeatureCollection"
 
 
 def test_batch_end_to_end_with_tiny_models(tiny_config: Path, folder: Path, tmp_path: Path):
-    """The real Geolocator over a folder with broken images: all recorded, the eval reader reads it."""
+    """The real Geolocator over a folder with broken images, with a tiny random LLaVA that never gives
+    a usable answer: the circuit breaker stops the run without writing degraded lines; with
+    --allow-degraded every image is recorded as what it is, and the eval reader reads it."""
     from geosleuth.eval.predictions import read_geosleuth_jsonl
 
     out = tmp_path / "results.jsonl"
-    result = runner.invoke(app, ["--config", str(tiny_config), "batch", str(folder), "--out", str(out),
-                                 "--trace-dir", str(tmp_path / "traces")])
+    args = ["--config", str(tiny_config), "batch", str(folder), "--out", str(out),
+            "--trace-dir", str(tmp_path / "traces")]
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 4, stopped.output
+    assert "circuit breaker" in stopped.stdout and "--resume" in stopped.stderr
+    assert all("prediction" not in row for row in rows(out).values())  # only the broken files' error lines
+
+    result = runner.invoke(app, [*args, "--resume", "--allow-degraded"])
     assert result.exit_code == 1, result.output  # the broken files failed
     lines = rows(out)
     assert sorted(lines) == ALL_IDS
@@ -119,6 +126,8 @@ def test_batch_end_to_end_with_tiny_models(tiny_config: Path, folder: Path, tmp_
     for image_id in ("b.png", "nowhere.jpg", "porto.jpg", "sub/c.jpg"):
         prediction = Prediction.model_validate(lines[image_id]["prediction"])
         assert prediction.ok and prediction.trace_id
+        assert prediction.status.value == "degraded" and prediction.missing_stages == ["vlm"]
+    assert re.search(r"degraded this run\s+4 \(missing: vlm 4\)", result.stdout)
     assert len(list((tmp_path / "traces").iterdir())) == 4
     assert len(read_geosleuth_jsonl(out).predictions) == 6
 
@@ -127,26 +136,26 @@ def test_error_messages_with_brackets_are_printed_as_text(fake_geo, tmp_path):
     from geosleuth.testing import photos
 
     odd = photos.write_text_file(tmp_path / "in" / "odd [bold] [link=x]name.jpg")
-    result = runner.invoke(app, ["batch", str(odd.parent), "--out", str(tmp_path / "r.jsonl")], env=WIDE)
+    result = runner.invoke(app, ["batch", str(odd.parent), "--out", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1, result.output
     assert "error odd [bold] [link=x]name.jpg: cannot load image" in result.output
 
 
 def test_a_setup_error_stops_the_batch_with_exit_2_and_keeps_finished_lines(fake_geo, folder, tmp_path, monkeypatch):
-    from geosleuth.vlm.backends import VLMUnavailableError
+    from geosleuth.errors import GalleryIndexError
 
     real = fake_geo.alocate
 
-    async def flaky(path, **kwargs):
+    async def flaky(path, **kwargs):  # the gallery index breaks mid-run (retrieve raises this)
         if len(fake_geo.calls) >= 2:
-            raise VLMUnavailableError("no answer from the VLM server at http://127.0.0.1:9/v1", attempts=3)
+            raise GalleryIndexError("gallery index /data/store is corrupt: rebuild it with `geosleuth index build`")
         return await real(path, **kwargs)
 
     monkeypatch.setattr(fake_geo, "alocate", flaky)
     out = tmp_path / "r.jsonl"
-    result = runner.invoke(app, ["batch", str(folder), "--out", str(out), "-j", "1"], env=WIDE)
+    result = runner.invoke(app, ["batch", str(folder), "--out", str(out), "-j", "1"])
     assert result.exit_code == 2, result.output
-    assert "stopped: batch stopped: no answer from the VLM server" in result.output
+    assert "stopped: batch stopped: gallery index /data/store is corrupt" in result.output
     assert "--resume" in result.output
     assert len(out.read_text().splitlines()) == 2  # the two images finished before it stopped
     assert re.search(r"not done\s+4 \(re-run with --resume\)", result.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,10 @@ from geosleuth.geo import geodesic_km
 from geosleuth.types import Prediction, Trace
 
 runner = CliRunner()
-WIDE = {"COLUMNS": "200"}
 
 
 def test_summary_shows_place_coordinate_map_link_exif_alternatives_and_clues(fake_geo, folder: Path):
-    result = runner.invoke(app, ["locate", str(folder / "porto.jpg")], env=WIDE)
+    result = runner.invoke(app, ["locate", str(folder / "porto.jpg")])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Europe > Portugal > Porto" in out
@@ -45,7 +45,7 @@ def test_json_output_validates_as_one_prediction_per_image(fake_geo, folder: Pat
 
 
 def test_no_coordinate_shows_the_reason_and_exits_non_zero(fake_geo, folder: Path):
-    result = runner.invoke(app, ["locate", str(folder / "nowhere.jpg")], env=WIDE)
+    result = runner.invoke(app, ["locate", str(folder / "nowhere.jpg")])
     assert result.exit_code == 1
     assert "no location: no source proposed a candidate location (test double)" in result.stdout
     assert "openstreetmap" not in result.stdout
@@ -77,11 +77,27 @@ def test_missing_file_is_a_usage_error(fake_geo, tmp_path: Path):
 
 
 def test_locate_end_to_end_with_tiny_models(tiny_config: Path, folder: Path):
-    """The real Geolocator: tiny CLIP + GeoCLIP heads, 2K GPS gallery, tiny LLaVA (random answers)."""
-    result = runner.invoke(app, ["--config", str(tiny_config), "locate", "--json", str(folder / "porto.jpg")])
+    """The real Geolocator: tiny CLIP + GeoCLIP heads, 2K GPS gallery, tiny LLaVA (random answers, so
+    no usable VLM reply: the answer comes from the GPS gallery alone and says it is degraded)."""
+    args = ["--config", str(tiny_config), "locate", "--json", str(folder / "porto.jpg")]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 3, refused.output
+    assert "--allow-degraded" in refused.stderr
+    result = runner.invoke(app, [*args, "--allow-degraded"])
     assert result.exit_code == 0, result.output
     prediction = Prediction.model_validate(json.loads(result.stdout))
+    assert prediction.status.value == "degraded" and prediction.missing_stages == ["vlm"]
     # Random weights put it anywhere, but the GPS gallery always proposes real candidates.
     assert prediction.ok and prediction.alternatives and prediction.place is not None
     assert prediction.image.exif.gps.lat == pytest.approx(41.1496, abs=1e-4)
     assert "gps-gallery" in prediction.sources_used
+    # Calibrated per-level probabilities in the JSON and in the readable summary.
+    assert prediction.levels is not None and prediction.confidence == prediction.levels.within_25km
+    summary = runner.invoke(
+        app, ["--config", str(tiny_config), "locate", "--allow-degraded", str(folder / "porto.jpg")]
+    )
+    assert summary.exit_code == 0, summary.output
+    flat = " ".join(summary.stdout.split())
+    # (a second run: the random VLM may answer differently, so the numbers are checked for form)
+    assert re.search(r"confidence [01]\.\d\d \(P within 25 km\)", flat), flat
+    assert re.search(r"P country [01]\.\d\d · region [01]\.\d\d · city [01]\.\d\d", flat), flat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -26,6 +27,10 @@ def test_show_renders_the_tree_with_hypotheses_candidates_and_scores(trace_file:
     assert "unusable VLM replies (1)" in out and "reply is not JSON" in out
     assert "EXIF GPS" in out and "km from the prediction" in out
     assert "[bold red]not markup[/]" in out  # model text is printed as text, not as rich markup
+    flat = " ".join(out.split())
+    assert "P country 0.93 · region 0.81 · city 0.66 · ≤25 km 0.64 · ≤200 km 0.88" in flat
+    assert "clusters (1), heaviest first: evidence per source" in flat
+    assert "0.625 (3)" in flat and "vlm-informed" in flat  # each source's mass (items) in the cluster
 
 
 def test_show_picks_one_trace_of_a_jsonl_with_id(traces_jsonl: Path):
@@ -94,6 +99,18 @@ def test_html_page_is_self_contained_with_an_svg_map_and_escaped_text(trace_file
     xs = [float(p.split(",")[0]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     ys = [float(p.split(",")[1]) for p in world.findall(f"{ns}polygon")[-1].get("points").split()]
     assert abs(sum(xs) / len(xs) - (180 - 8.62) * 2) < 2 and abs(sum(ys) / len(ys) - (90 - 41.15) * 2) < 2
+    # Land and borders from the geocoder's own boundary data, on both maps; the zoomed one around Porto
+    # shows Portugal and Spain and not far-away countries.
+    countries = [t.text for t in world.iter(f"{ns}title")]
+    assert "Portugal" in countries and "Australia" in countries and len(countries) > 150
+    zoom = ET.fromstring(svgs[1])
+    zoomed = {t.text for t in zoom.find(f"{ns}g[@class='basemap']").iter(f"{ns}title")}
+    assert {"Portugal", "Spain"} <= zoomed and "Australia" not in zoomed
+
+    # Each cluster's evidence per source, and the calibrated per-level probabilities.
+    assert "Clusters, heaviest first: evidence per source (1)" in text
+    assert "vlm-informed: mass (items)" in text and "0.625 (3)" in text
+    assert "calibration mine@0123456789ab" in text
 
     # The score table and the chain of reasoning.
     assert "neighbor_support" in text and "0.654" in text and "0.731" in text
@@ -118,3 +135,41 @@ def test_a_trace_dir_from_batch_works_as_input(trace_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     pages = trace_dir.with_name("traces-html")
     assert sorted(p.name for p in pages.glob("*.html")) == ["index.html", "t-a.html", "t-b.html"]
+
+
+def test_parts_of_a_trace_that_do_not_validate_are_reported_not_dropped(trace_file: Path, tmp_path: Path):
+    tree = json.loads(trace_file.read_text())
+    reason = next(e for e in tree["events"] if e["step"] == "reason")
+    reason["outputs"]["hypotheses"][1]["lat"] = 123.0  # out of range: this answer cannot be shown
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(tree))
+
+    shown = runner.invoke(app, ["trace", "show", str(path)], env={"COLUMNS": "220"})
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "parts of this trace could not be read and are not shown (1)" in out
+    assert "reason.hypotheses[1]" in out and "latitude 123.0 is outside [-90, 90]" in out
+    assert "hypotheses (1)" in out and "Vigo" not in out.split("candidates (")[0]  # the rest is still shown
+
+    pages = tmp_path / "pages"
+    result = runner.invoke(app, ["trace", "html", str(path), "--out", str(pages), "--no-land"])
+    assert result.exit_code == 0, result.output
+    page = next(pages.glob("*.html")).read_text(encoding="utf-8")
+    assert "Parts of this trace could not be read and are not shown (1)" in page
+    assert "reason.hypotheses[1]" in page and "latitude 123.0 is outside [-90, 90]" in page
+
+
+def test_a_degraded_answer_says_so_in_the_terminal_and_html_views(trace_file: Path, tmp_path: Path):
+    from geosleuth.types import Prediction, Trace
+
+    trace = Trace.model_validate_json(trace_file.read_text())
+    assert trace.prediction is not None
+    trace.prediction = Prediction.model_validate({**trace.prediction.model_dump(), "missing_stages": ["vlm"]})
+    path = tmp_path / "degraded.json"
+    path.write_text(trace.model_dump_json())
+    shown = runner.invoke(app, ["trace", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "status degraded: answered without vlm" in shown.stdout
+    pages = tmp_path / "pages"
+    assert runner.invoke(app, ["trace", "html", str(path), "--out", str(pages)]).exit_code == 0
+    assert "Status: degraded, answered without vlm" in next(pages.glob("*.html")).read_text()

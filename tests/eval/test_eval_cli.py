@@ -121,3 +121,62 @@ def test_compare_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "compare", str(tmp_path)])
     assert result.exit_code == 2
     assert "metrics.json: missing" in _unwrapped(result.stderr)
+
+
+def _degraded(path: str, lat: float, lon: float) -> Prediction:
+    return Prediction(image=ImageRef(path=path), lat=lat, lon=lon, missing_stages=["vlm"])
+
+
+def test_score_counts_degraded_answers_beside_failures(files: dict[str, Path]) -> None:
+    preds = files["dir"] / "degraded.jsonl"
+    lines = [
+        {"id": "a.jpg", "prediction": _degraded("a.jpg", 48.86, 2.35).model_dump(mode="json")},
+        {"id": "b.jpg", "prediction": Prediction(image=ImageRef(path="b.jpg"), lat=0.0, lon=-179.9).model_dump()},
+        {"id": "c.jpg", "error": "VLM returned no JSON"},
+    ]
+    preds.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    args = ["eval", "score", "-p", str(preds), "-t", str(files["truth"]), "--resamples", "0", "--no-places"]
+    data = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert (data["failures"], data["degraded"], data["degraded_stages"]) == (2, 1, {"vlm": 1})
+    table = runner.invoke(app, args)
+    assert "failed: 2 of 4; degraded: 1 of 4 (1 without vlm)" in _unwrapped(table.stdout)
+
+
+def test_score_accepts_our_csv_export_and_a_plain_id_lat_lon_table(files: dict[str, Path]) -> None:
+    from geosleuth.agent.exports import export_results
+
+    results = files["dir"] / "results.jsonl"
+    lines = [
+        {"id": "a.jpg", "path": "a.jpg", "prediction": _degraded("a.jpg", 48.86, 2.35).model_dump(mode="json")},
+        {"id": "b.jpg", "path": "b.jpg",
+         "prediction": Prediction(image=ImageRef(path="b.jpg"), lat=0.0, lon=-179.9).model_dump(mode="json")},
+        {"id": "c.jpg", "path": "c.jpg", "error": "VLM returned no JSON", "error_type": "VLMError"},
+    ]
+    results.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    exported = export_results(results, "csv").path
+    plain = files["dir"] / "plain.csv"
+    plain.write_text("id,lat,lon\na.jpg,48.86,2.35\nb.jpg,0.0,-179.9\nc.jpg,,\n", encoding="utf-8")
+    scores = {}
+    for table in (exported, plain):
+        result = runner.invoke(app, ["eval", "score", "-p", str(table), "-t", str(files["truth"]), "--json",
+                                     "--resamples", "0", "--no-places"])
+        assert result.exit_code == 0, result.output
+        scores[table.name] = json.loads(result.stdout)
+    for data in scores.values():
+        assert data["n"] == 4 and data["failures"] == 2
+        assert data["acc_km"]["25"]["value"] == pytest.approx(0.5)
+    assert scores[exported.name]["failure_reasons"].get("VLM returned no JSON") == 1
+    assert (scores[exported.name]["degraded"], scores[plain.name]["degraded"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("header", "missing"), [("name,lat,lon", "an image id"), ("id,x,y", "a latitude or a longitude")]
+)
+def test_a_table_without_an_id_or_coordinate_column_is_a_clear_error(
+    files: dict[str, Path], header: str, missing: str
+) -> None:
+    table = files["dir"] / "table.csv"
+    table.write_text(f"{header}\na.jpg,1,2\n", encoding="utf-8")
+    result = runner.invoke(app, ["eval", "score", "-p", str(table), "-t", str(files["truth"])])
+    assert result.exit_code == 2
+    assert f"no column for {missing}" in _unwrapped(result.stderr) and "table.csv" in _unwrapped(result.stderr)

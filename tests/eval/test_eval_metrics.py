@@ -19,7 +19,7 @@ from geosleuth.eval.metrics import (
     threshold_hits,
 )
 from geosleuth.eval.predictions import PredictedLocation
-from geosleuth.geo import EARTH_MEAN_RADIUS_KM
+from geosleuth.geo import EARTH_MEAN_RADIUS_KM, haversine_km
 from geosleuth.types import Place
 
 
@@ -162,6 +162,24 @@ def test_country_accuracy_with_the_real_geocoder() -> None:
     assert m.region is not None and m.region.value == pytest.approx(1 / 3)
 
 
+def test_place_accuracy_at_borders_and_at_sea_with_the_real_geocoder() -> None:
+    from geosleuth.geo import ReverseGeocoder
+
+    truths = [GroundTruth("douglas", 31.345, -109.545), GroundTruth("juarez", 31.72, -106.45),
+              GroundTruth("sea", 30.0, -40.0), GroundTruth("basel", 47.56, 7.59)]
+    preds = [
+        _pred("douglas", 31.320, -109.545),  # 2.8 km away but across the border, in Mexico
+        _pred("juarez", 31.73, -106.46),  # same city
+        _pred("sea", 30.0, -40.0),  # exact, but at sea: there is no country to get right
+        _pred("basel", 47.555, 7.595),
+    ]
+    m = evaluate(truths, preds, geocoder=ReverseGeocoder(), resamples=0)
+    assert m.acc_km["25"].value == 1.0
+    assert m.country is not None and m.country.value == pytest.approx(2 / 4)
+    assert m.city is not None and m.city.value == pytest.approx(2 / 4)
+    assert m.places is not None and "Natural Earth" in m.places and "GeoNames" in m.places
+
+
 def test_no_geocoder_means_no_place_metrics() -> None:
     m = evaluate([GroundTruth("a", 0, 0)], [_pred("a", 0, 0)], resamples=0)
     assert m.country is None and m.region is None and m.city is None
@@ -186,6 +204,16 @@ def test_recall_vs_area_constructed_case() -> None:
     assert [p.recall for p in pts25] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
     assert [p.recall for p in curves[200.0].points] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
     assert [p.recall for p in curves[2000.0].points] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+
+
+def test_recall_vs_area_cap_edge_is_outside() -> None:
+    """A candidate exactly ``radius_km`` away (the same haversine the caps use) does not recall its image:
+    the cap is open, as accuracy thresholds are strict."""
+    edge_km = float(haversine_km(0.0, 0.0, 0.0, 1.0))
+    truths = [GroundTruth("edge-then-inside", 0.0, 0.0), GroundTruth("inside", 0.0, 0.0)]
+    ranked = [[(0.0, 1.0), (0.0, 0.5)], [(0.0, 0.999)]]
+    (curve,) = recall_vs_area(truths, ranked, radii_km=[edge_km])
+    assert [(p.k, p.recall) for p in curve.points] == [(1, 0.5), (2, 1.0)]
 
 
 def test_evaluate_reports_rva_only_with_rankings() -> None:

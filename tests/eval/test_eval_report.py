@@ -67,6 +67,26 @@ def test_write_report_files(tmp_path: Path, scored: tuple[list[GroundTruth], lis
     assert metrics_back == metrics and manifest["dataset"] == "im2gps3k"
 
 
+def test_report_says_how_places_are_derived_and_zooms_its_map(tmp_path: Path) -> None:
+    from geosleuth.eval.report import world_map_bbox
+    from geosleuth.geo import ReverseGeocoder
+
+    geocoder = ReverseGeocoder()
+    truths = [GroundTruth("a", 48.85, 2.35), GroundTruth("b", 45.76, 4.84)]
+    preds = [PredictedLocation("a", 48.0, 2.0, ranked=((48.0, 2.0),)), PredictedLocation("b", 43.6, 1.4,
+                                                                                            ranked=((43.6, 1.4),))]
+    metrics = evaluate(truths, preds, geocoder=geocoder, resamples=0)
+    files = write_report(tmp_path, metrics, truths, preds, boundaries=geocoder.boundaries)
+    text = files.report_md.read_text()
+    assert "reverse-geocoded by the same geocoder" in text and "Natural Earth 1:10m" in text
+    x0, y0, x1, y1 = world_map_bbox(truths, preds)
+    assert x0 <= 1.4 and x1 >= 4.84 and y0 <= 43.6 and y1 >= 48.85
+    assert x1 - x0 < 30 and y1 - y0 < 20  # France, not the world
+    without = write_report(tmp_path / "no-places", evaluate(truths, preds, resamples=0), truths, preds,
+                           boundaries=geocoder.boundaries)
+    assert "reverse-geocoded" not in without.report_md.read_text()
+
+
 def test_compare_table_puts_runs_beside_anchors(scored: tuple[list[GroundTruth], list[PredictedLocation]]) -> None:
     truths, preds = scored
     metrics = evaluate(truths, preds, resamples=0).model_dump(mode="json")

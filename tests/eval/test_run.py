@@ -41,7 +41,8 @@ def _retrieved(trace: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory, run_benchmark: dict[str, Path], run_config: Config) -> Any:
     """The default preset, with the tiny LLaVA, over the 7-image benchmark plus one image that is not
-    on disk and one file that is not a picture."""
+    on disk and one file that is not a picture. The random LLaVA never gives a usable answer, so every
+    answer is degraded (no VLM): reported only with allow_degraded, and titled so."""
     tmp = tmp_path_factory.mktemp("full_run")
     shutil.copytree(run_benchmark["images"] / "images", tmp / "images")
     (tmp / CORRUPT_ID).parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,9 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, run_benchmark: dict[str, 
     with truth.open("a", encoding="utf-8") as handle:
         handle.write(f"{CORRUPT_ID},ghost,-10.0,-20.0,,,,,,,,\n")
     with pytest.warns(UserWarning, match="missing or unreadable"):
-        return run_evaluation("im2gps3k", truth, tmp, tmp / "run", config=run_config, resamples=200)
+        return run_evaluation(
+            "im2gps3k", truth, tmp, tmp / "run", config=run_config, resamples=200, allow_degraded=True
+        )
 
 
 def test_full_run_writes_every_artefact(full_run: Any, run_benchmark: dict[str, Path]) -> None:
@@ -66,9 +69,12 @@ def test_full_run_writes_every_artefact(full_run: Any, run_benchmark: dict[str, 
     assert metrics["n"] == 9
     report = (out / "report.md").read_text()
     assert "within 2500 km" in report and "## Plots" in report
-    for plot in ("error_cdf.png", "world_map.png"):
+    for plot in ("error_cdf.png", "world_map.png", "reliability.png"):
         assert (out / plot).stat().st_size > 1000
+    assert "## Confidence calibration" in report and "| within_25km |" in report  # ECE per level
     assert (out / "per_image.csv").read_text().count("\n") == 10
+    located = [line["prediction"] for line in lines if (line.get("prediction") or {}).get("lat") is not None]
+    assert located and all(p["evidence"]["clusters"][0]["sources"] for p in located), "per-source evidence saved"
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"] == "im2gps3k" and manifest["preset"] == "full" and manifest["status"] == "complete"
@@ -95,6 +101,47 @@ def test_missing_and_unreadable_images_are_listed_and_scored_as_misses(full_run:
     report = (out / "report.md").read_text()
     assert MISSING_ID in report and CORRUPT_ID in report
     assert full_run.manifest["counts"]["missing_images"] == 2
+
+
+def test_a_run_without_its_vlm_is_reported_as_degraded_with_per_step_failure_counts(full_run: Any) -> None:
+    out = full_run.out_dir
+    assert "# full on im2gps3k (own id excluded) — degraded: 7 images without vlm" in (out / "report.md").read_text()
+    stages = json.loads((out / "metrics.json").read_text())["stage_failures"]
+    assert stages == full_run.manifest["stage_failures"]
+    assert stages["status"] == {"degraded": 7, "error": 2}
+    assert stages["missing_stages"] == {"vlm": 7}
+    assert stages["failures_by_step"] == {"reason": 7, "perceive": 2}
+
+
+def test_a_run_whose_vlm_gives_nothing_is_stopped_by_the_circuit_breaker(
+    tmp_path: Path, run_benchmark: dict[str, Path], run_config: Config
+) -> None:
+    from geosleuth.agent.batch import BatchCircuitOpen
+
+    with pytest.raises(BatchCircuitOpen, match="--resume"):
+        run_evaluation(
+            "im2gps3k", run_benchmark["truth"], run_benchmark["images"], tmp_path / "run", config=run_config,
+            limit=4, concurrency=1, resamples=0,
+        )
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and "missing vlm" in manifest["stopped_because"]
+    assert (tmp_path / "run" / PREDICTIONS_FILE).read_text() == "", "no degraded line written"
+
+
+@pytest.mark.parametrize(("degraded", "allowed", "refused"), [(1, False, False), (2, False, True), (2, True, False)])
+def test_more_than_one_percent_degraded_is_refused_unless_allowed(
+    tmp_path: Path, degraded: int, allowed: bool, refused: bool
+) -> None:
+    from geosleuth.errors import DegradedResultsError
+    from geosleuth.eval.run import _check_degraded
+
+    stages = {"status": {}, "failures_by_step": {}, "missing_stages": {"vlm": degraded}}
+    if refused:
+        with pytest.raises(DegradedResultsError, match="2 images without vlm of 100.*--allow-degraded"):
+            _check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
+    else:
+        title = _check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
+        assert title == f"degraded: {degraded} images without vlm"
 
 
 def test_resume_after_a_partial_predictions_file_adds_only_the_missing_lines(

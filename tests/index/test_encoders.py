@@ -213,6 +213,56 @@ def test_geoclip_location_encoder_embeds_offline(geoclip_location_encoder: Locat
     np.testing.assert_allclose(geoclip_location_encoder.encode(points[:1]), emb[:1], atol=1e-5)
 
 
+# Known places, given as (lat, lon). Every longitude here is within ±90 so that (lon, lat) is also a
+# valid coordinate: the swapped decoys below are real places, not input errors.
+_KNOWN_PLACES = np.array(
+    [
+        [48.8566, 2.3522],  # Paris
+        [-1.2921, 36.8219],  # Nairobi
+        [55.7558, 37.6173],  # Moscow
+        [-34.6037, -58.3816],  # Buenos Aires
+        [64.1466, -21.9426],  # Reykjavik
+        [-22.9068, -43.1729],  # Rio de Janeiro
+    ]
+)
+
+
+def _geoclip_reference_embeddings(latlon: np.ndarray) -> np.ndarray:
+    """GeoCLIP's own LocationEncoder (its shipped weights, its own forward), fed (lat, lon) as GeoCLIP
+    documents, L2-normalised as GeoCLIP does before its similarity."""
+    import torch
+    from geoclip import LocationEncoder as GeoCLIPReference
+
+    reference = GeoCLIPReference().eval()  # from_pretrained=True: the weights inside the package
+    with torch.no_grad():
+        out = reference(torch.tensor(latlon, dtype=torch.float32))
+    return torch.nn.functional.normalize(out, dim=-1).numpy()
+
+
+def test_location_embedding_matches_geoclips_own_location_encoder(
+    geoclip_location_encoder: LocationEncoder,
+) -> None:
+    """Same points through geoclip's own code give the same embedding, so our (lat, lon) order is GeoCLIP's."""
+    points = np.vstack([_KNOWN_PLACES, [[-33.8688, 151.2093], [21.3069, -157.8583]]])  # + Sydney, Honolulu
+    expected = _geoclip_reference_embeddings(points)
+    np.testing.assert_allclose(geoclip_location_encoder.encode(points), expected, atol=1e-5)
+
+
+def test_a_place_ranks_first_against_its_swapped_decoy(geoclip_location_encoder: LocationEncoder) -> None:
+    """Verification scores candidates by cosine with the photo's GeoCLIP embedding. With a query that is
+    GeoCLIP's own embedding of each place, the place itself must outscore every decoy, in particular the
+    same numbers read as (lon, lat): a swap inside our encoder would rank that decoy first."""
+    from geosleuth.index.gps_gallery import score_locations
+
+    decoys = _KNOWN_PLACES[:, ::-1]
+    candidates = np.vstack([_KNOWN_PLACES, decoys])
+    queries = _geoclip_reference_embeddings(_KNOWN_PLACES)
+    for i, query in enumerate(queries):
+        scores = score_locations(query, candidates, geoclip_location_encoder)
+        assert int(np.argmax(scores)) == i, f"place {i} {_KNOWN_PLACES[i].tolist()}: scores {scores.round(3)}"
+        assert scores[i] > scores[len(_KNOWN_PLACES) + i] + 0.1  # well clear of its own swapped decoy
+
+
 def test_geoclip_logit_scale_is_the_shipped_one(geoclip_location_encoder: LocationEncoder) -> None:
     assert geoclip_location_encoder.logit_scale == pytest.approx(math.exp(3.681), rel=1e-3)
 

@@ -20,6 +20,7 @@ from geosleuth.index.store import (
     MAX_INITIAL_OVERFETCH,
     EncoderIdentity,
     GalleryStore,
+    ImageGallery,
     IndexSpec,
     place_from_metadata,
 )
@@ -71,6 +72,12 @@ def flat_gallery(tmp_path_factory: pytest.TempPathFactory) -> tuple[GalleryStore
     store = GalleryStore.open(folder / "store", encoder_identity=IDENTITY)
     yield store, vectors, pd.read_csv(folder / "in" / "gallery.csv")
     store.close()
+
+
+def test_the_store_is_an_image_gallery_that_says_what_it_is(flat_gallery) -> None:
+    store, _, _ = flat_gallery
+    assert isinstance(store, ImageGallery)
+    assert store.describe() == f"{store.path} (3000 images, flat)"
 
 
 def test_flat_search_returns_the_exact_neighbours_with_their_records(flat_gallery) -> None:

@@ -233,3 +233,13 @@ def test_finish_reasons_come_through(doubles, fake_server, make_config) -> None:
     first, second = asyncio.run(run())
     assert (first.finish_reason, first.cut_off) == ("stop", False)
     assert (second.finish_reason, second.cut_off) == ("length", True)
+def test_the_client_of_a_finished_event_loop_is_closed_not_dropped(doubles, fake_server, make_config) -> None:
+    """Two asyncio.run calls: the first loop's HTTP client is closed when that loop ends, before the
+    second call makes its own."""
+    fake_server.script = [doubles.Reply(body=doubles.completion_body(text)) for text in ("a", "b")]
+    backend = _backend(make_config, fake_server.url)
+    assert [reply.text for reply in asyncio.run(backend.generate(_request()))] == ["a"]
+    first = backend._client
+    assert first is not None and first.is_closed(), "closed when its loop shut down"
+    assert asyncio.run(_generate(backend, _request())) == ["b"]
+    assert backend._client is None

@@ -20,9 +20,8 @@ from geosleuth.types import (
     Place,
     Prediction,
     RetrievalResult,
+    RunSummary,
     StepFailure,
-    Trace,
-    TraceEvent,
 )
 from geosleuth.vlm.backends import VLMUnavailableError
 
@@ -255,20 +254,12 @@ def _hypothesis(variant: str, index: int, clue: str, *, country: str = "Peru", c
     )
 
 
-def _trace(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> Trace:
-    """A trace laid out as the locate graph writes it (reason and verify events)."""
-    return Trace(
-        trace_id="t1", image=prediction.image, config_hash="c", prediction=prediction,
-        events=[
-            TraceEvent(step="reason", started_at=0.0, duration_s=1.0,
-                       outputs={"hypotheses": [h.model_dump(mode="json") for h in hypotheses], "failures": []}),
-            TraceEvent(step="verify", started_at=1.0, duration_s=0.1,
-                       outputs={"candidates": [c.model_dump(mode="json") for c in candidates]}),
-        ],
-    )
+def _summary(prediction: Prediction, candidates: list[Candidate], hypotheses: list[Hypothesis]) -> RunSummary:
+    """A run summary as the locate pipeline builds it (typed: no trace JSON involved)."""
+    return RunSummary(prediction=prediction, candidates=candidates, hypotheses=hypotheses)
 
 
-def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
+def test_followup_quotes_the_run_summary(doubles, image, make_config) -> None:
     ranked = [
         Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.83, confidence=0.6,
                   scores={"geoclip": 0.71, "vlm_agreement": 0.94}, place=Place(country="Peru", city="Lima")),
@@ -281,8 +272,8 @@ def test_followup_quotes_the_trace(doubles, image, make_config) -> None:
     )
     hypotheses = [_hypothesis("neighbors-0", 0, "yellow taxis"), _hypothesis("neighbors-5", 0, "adobe walls")]
     backend = doubles.ScriptedBackend([["Because of the taxis."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Lima?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Lima?", config=make_config()))
     text = backend.requests[0].messages[0].text
     for expected in (
         "score 0.83", "geoclip 0.71", "vlm_agreement 0.94",  # the top candidate with its component scores
@@ -313,8 +304,8 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
         sources_used=["vlm"], failures=[StepFailure(step="reason", error=long_text)] * 50,
     )
     backend = doubles.ScriptedBackend([["Peru."]])
-    trace = _trace(prediction, ranked, hypotheses)
-    _run(answer_followup(backend, image, prediction, "Why Peru?", config=make_config(), trace=trace))
+    summary = _summary(prediction, ranked, hypotheses)
+    _run(answer_followup(backend, image, summary, "Why Peru?", config=make_config()))
     text = backend.requests[0].messages[0].text
     # About 2,000 tokens at most, whatever the trace holds (about 20 million characters here).
     assert len(text) < 8000
@@ -322,3 +313,43 @@ def test_followup_prompt_stays_small_for_a_huge_trace(doubles, image, make_confi
     # Each variant is represented before any variant shows a second answer.
     assert all(f"neighbors-{i}:" in text for i in range(4))
     assert text.rstrip().endswith("Why Peru?")
+
+
+def test_followup_says_which_hints_applied_and_whether_answers_were_reused(doubles, image, make_config) -> None:
+    lima = Candidate(lat=-12.05, lon=-77.04, source=CandidateSource.VLM, score=0.8, confidence=0.7)
+    outside = [Candidate(lat=38.7, lon=-9.1, source=CandidateSource.VLM, score=0.9, confidence=0.0)] * 2
+    prediction = Prediction(image=ImageRef(path="photo.jpg"), lat=-12.05, lon=-77.04, confidence=0.7,
+                            sources_used=["vlm"])
+    summary = RunSummary(prediction=prediction, candidates=[lima], rejected=outside,
+                         hypotheses=[_hypothesis("neighbors-0", 0, "adobe walls")], constraints=["in Peru"],
+                         reused_answers=True)
+    backend = doubles.ScriptedBackend([["Because you said Peru."]])
+    _run(answer_followup(backend, image, summary, "Why not Lisbon?", config=make_config()))
+    text = backend.requests[0].messages[0].text
+    assert "hints, applied as constraints: in Peru (2 candidates outside them set aside)" in text
+    assert "Your earlier answers (reused: they fit the hints)" in text
+    assert "38.7000" not in text  # a rejected candidate is not offered as one considered
+def test_an_answer_repeating_a_coordinate_from_its_own_prompt_is_an_echo(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0, 2], "vlm.samples_per_variant": 2})
+    # Sample 0 repeats the first shown neighbour (35, 139) to within ~1 km; sample 1 says Paris.
+    echo = doubles.answer_json(latitude=35.005, longitude=139.005, country="Japan")
+    backend = doubles.ScriptedBackend([lambda r: [echo, doubles.answer_json()]] * 2)
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    by_key = {(h.variant, h.sample_index): h for h in result.hypotheses}
+    # The zero-shot prompt showed nothing: the same coordinate there is the model's own answer.
+    assert by_key[("neighbors-0", 0)].echo_of is None and by_key[("neighbors-0", 0)].shown_coordinates == 0
+    informed = by_key[("neighbors-2", 0)]
+    assert informed.echo_of is not None and informed.echo_of.startswith("neighbor 1 (35.0000, 139.0000)")
+    assert informed.shown_coordinates == 2 + 2 + 2  # neighbours, dissimilar, GPS candidates shown
+    assert by_key[("neighbors-2", 1)].echo_of is None  # Paris is 50 km+ from every shown point
+
+
+def test_a_model_that_cannot_tell_abstains_instead_of_inventing_a_point(doubles, image, geocoder, make_config) -> None:
+    config = make_config(**{"prompts.neighbor_counts": [0], "vlm.samples_per_variant": 2})
+    cannot = doubles.answer_json(latitude=None, longitude=None, cannot_tell_because="only a white wall is visible")
+    backend = doubles.ScriptedBackend([[cannot, doubles.answer_json()]])
+    result = _run(reason(image, _retrieval(), backend, config, geocoder))
+    assert [h.sample_index for h in result.hypotheses] == [1]
+    assert not result.failures
+    assert [(a.sample_index, a.reason) for a in result.abstentions] == [(0, "only a white wall is visible")]
+    assert result.abstentions[0].raw_text == cannot

@@ -27,16 +27,25 @@ def test_schema_is_strict_mode_compatible() -> None:
     text = json.dumps(schema)
     assert "$ref" not in text and "$defs" not in text  # inlined: some servers do not resolve refs
     objects = list(_objects(schema))
-    assert len(objects) == 2  # the answer and a clue
+    assert len(objects) == 4  # an answer or an abstention, each with its clue object
     for obj in objects:
         assert obj["additionalProperties"] is False
         assert sorted(obj["required"]) == sorted(obj["properties"])
-    props = schema["properties"]
-    assert list(props) == [
-        "clues", "continent", "country", "region", "city", "latitude", "longitude", "confidence",
-    ]  # reasoning order: clues before the coordinate
+    answer, abstention = schema["anyOf"]
+    for variant in (answer, abstention):
+        assert list(variant["properties"]) == [
+            "clues", "continent", "country", "region", "city", "latitude", "longitude", "confidence",
+            "cannot_tell_because",
+        ]  # reasoning order: clues before the coordinate
+    props = answer["properties"]
+    # An answer has both coordinates and no reason; an abstention neither coordinate and a reason:
+    # constrained decoding can write nothing in between (a latitude with a null longitude).
     assert (props["latitude"]["minimum"], props["latitude"]["maximum"]) == (-90, 90)
     assert (props["longitude"]["minimum"], props["longitude"]["maximum"]) == (-180, 180)
+    assert props["cannot_tell_because"] == {"type": "null"}
+    held = abstention["properties"]
+    assert held["latitude"] == held["longitude"] == {"type": "null"}
+    assert held["cannot_tell_because"]["type"] == "string" and held["cannot_tell_because"]["minLength"] == 1
     assert (props["confidence"]["minimum"], props["confidence"]["maximum"]) == (0, 1)
 
 
@@ -81,7 +90,7 @@ def test_raw_control_characters_inside_strings_are_accepted() -> None:
 def test_over_long_text_and_extra_clues_are_clipped_not_rejected() -> None:
     data = dict(VALID, city="x" * 500, clues=[{"observation": "o" * 999, "implication": "i"}] * 20)
     answer = parse_answer(json.dumps(data))
-    schema = answer_json_schema()["properties"]
+    schema = answer_json_schema()["anyOf"][0]["properties"]
     assert len(answer.city or "") == schema["city"]["anyOf"][0]["maxLength"]
     assert len(answer.clues) == schema["clues"]["maxItems"]
     assert len(answer.clues[0].observation) == schema["clues"]["items"]["properties"]["observation"]["maxLength"]
@@ -161,3 +170,19 @@ def test_front_matter_is_required_and_must_match_the_file_name(tmp_path: Path) -
     (tmp_path / "named.md").write_text("---\nid: other\nversion: 2\n---\nx\n", encoding="utf-8")
     with pytest.raises(PromptTemplateError, match="other"):
         load_template("named", tmp_path)
+
+
+def test_a_null_coordinate_with_a_reason_is_an_abstention_not_a_point() -> None:
+    answer = parse_answer(json.dumps({**VALID, "latitude": None, "longitude": None,
+                                      "cannot_tell_because": "a plain white wall, nothing else"}))
+    assert answer.abstains and answer.latitude is None and answer.longitude is None
+    assert not parse_answer(json.dumps(VALID)).abstains
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"latitude": None, "longitude": None}, "cannot_tell_because"),  # no reason given
+    ({"latitude": None, "cannot_tell_because": "blurry"}, "both latitude and longitude"),
+])
+def test_half_an_abstention_is_invalid(change: dict, message: str) -> None:
+    with pytest.raises(AnswerParseError, match=message):
+        parse_answer(json.dumps({**VALID, **change}))

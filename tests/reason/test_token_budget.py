@@ -23,6 +23,7 @@ from geosleuth.vlm.backends import VLMReply
 
 
 def _longest_answer() -> str:
+    """The longer of the longest answer and the longest abstention (the schema allows one or the other)."""
     number = "-" + "1" * 2 + "." + "1" * (ASSUMED_NUMBER_CHARS - 4)  # -11.11111111: 12 characters
     answer = {
         "clues": [{"observation": "o" * MAX_CLUE_CHARS, "implication": "i" * MAX_CLUE_CHARS}] * MAX_CLUES,
@@ -33,8 +34,10 @@ def _longest_answer() -> str:
         "latitude": float(number),
         "longitude": float(number),
         "confidence": 0.1111111111,
+        "cannot_tell_because": None,
     }
-    return json.dumps(answer, separators=(",", ":"))
+    abstention = {**answer, "latitude": None, "longitude": None, "cannot_tell_because": "w" * MAX_CLUE_CHARS}
+    return max((json.dumps(a, separators=(",", ":")) for a in (answer, abstention)), key=len)
 
 
 def test_the_longest_valid_answer_is_what_the_budget_is_computed_from() -> None:

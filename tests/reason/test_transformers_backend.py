@@ -73,14 +73,16 @@ def test_reason_end_to_end_every_sample_is_a_schema_valid_hypothesis(
         neighbors=[GalleryNeighbor(id=f"g{i}", lat=10.0 + i, lon=20.0 + i, similarity=0.8) for i in range(3)]
     )
     result = asyncio.run(reason(image, retrieval, tiny_backend, config, geocoder))
-    # 2 variants x 2 samples: every sample ends as exactly one hypothesis or one failure.
+    # 2 variants x 2 samples: every sample ends as exactly one hypothesis, abstention or failure.
     outcomes = [(h.variant, h.sample_index) for h in result.hypotheses] + [
         (f.variant, f.sample_index) for f in result.failures
-    ]
+    ] + [(a.variant, a.sample_index) for a in result.abstentions]
     assert sorted(outcomes) == [("neighbors-0", 0), ("neighbors-0", 1), ("neighbors-2", 0), ("neighbors-2", 1)]
-    # Constrained decoding: random weights, and still every reply is a valid answer, first time.
+    # Constrained decoding: random weights, and still every reply is a valid answer (a point, or a
+    # null coordinate with a reason), first time.
     assert result.failures == []
-    assert len(result.hypotheses) == 4
+    assert len(result.hypotheses) + len(result.abstentions) == 4
+    assert all(a.reason for a in result.abstentions)
     for hypothesis in result.hypotheses:
         assert -90 <= hypothesis.lat <= 90 and hypothesis.raw_text
         assert hypothesis.template_id == "geo_reasoning"

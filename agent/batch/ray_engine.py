@@ -1,0 +1,247 @@
+"""Ray Data engine for ``geosleuth batch --engine ray``: the local batch's guarantees, on a Ray cluster.
+
+Pipeline (one Ray Data dataset, streamed)::
+
+    inputs (driver: read_batch_input, minus ids already in --out)
+      -> shards of ``shard_size`` images
+      -> LocateActor pool: each actor loads the models once (a Geolocator: image and location
+         encoders, GPS gallery, gallery store, VLM backend; one GPU per actor when the cluster has
+         GPUs) and runs perceive -> retrieve -> reason -> verify -> decide on its shard, with up to
+         ``concurrency`` images in flight (requests to one or many OpenAI-compatible vLLM servers)
+      -> driver: commits each finished shard to the results file
+
+The results file is the local engine's (``agent/batch/``: same lines, same resume rules, the same
+lock), mirrored as Parquet shards (``agent/batch/parquet.py``: ``results.parquet/``), written only by
+the driver: a shard's lines go out in one write followed by fsync, and a line
+is done once it is complete on disk. A SIGKILL of the driver leaves at most a half-written last
+line, which ``--resume`` removes; a killed worker's shard was never written, and Ray Data re-runs it.
+So a photo is never recorded twice and at most the photos in flight are lost. Image paths must be
+readable on every node (a shared file system); traces come back to the driver and are written there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geosleuth.agent.batch import (
+    DEFAULT_FATAL_ERRORS,
+    BatchAborted,
+    BatchItem,
+    BatchResult,
+    BatchSummary,
+    ResultCallback,
+    StartCallback,
+    locate_one,
+    open_results,
+)
+from geosleuth.agent.batch.parquet import ParquetMirror
+from geosleuth.config import Config
+from geosleuth.errors import GeosleuthError
+from geosleuth.types import Prediction
+
+DEFAULT_SHARD_SIZE = 16
+TraceCallback = Callable[[BatchItem, str], None]
+
+
+@dataclass(frozen=True)
+class RayBatchOptions:
+    """How the Ray engine runs: ``address`` of a running cluster (None: a local Ray instance),
+    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), images per
+    committed ``shard_size``, images in flight per actor (``concurrency``)."""
+
+    address: str | None = None
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    shard_size: int = DEFAULT_SHARD_SIZE
+    concurrency: int = 8
+    local_cpus: int | None = None  # CPUs of the local instance started when there is no address
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1 or self.concurrency < 1 or (self.actors is not None and self.actors < 1):
+            raise ValueError(
+                f"shard_size, concurrency and actors must be >= 1 (got {self.shard_size}, {self.concurrency}, "
+                f"{self.actors})"
+            )
+
+
+class LocateActor:
+    """One Ray actor: a Geolocator whose models load once, in the constructor; called on a shard of
+    images (a Ray Data batch of ``id``/``path`` columns), returns one results line per image."""
+
+    def __init__(
+        self, config: dict[str, Any], top_k: int | None, with_trace: bool, concurrency: int,
+        fatal_errors: tuple[type[BaseException], ...],
+    ) -> None:
+        from geosleuth.api import Geolocator
+
+        self._geo = Geolocator(Config.model_validate(config))
+        self._top_k = top_k
+        self._with_trace = with_trace
+        self._concurrency = concurrency
+        self._fatal = fatal_errors
+        self._loop = asyncio.new_event_loop()
+        self._setup_error: BaseException | None = None
+        try:
+            _ = self._geo.resources  # load the models now: once per actor, before the first shard
+        except GeosleuthError as exc:
+            # Raised from __call__ instead: Ray reports a failed constructor as a bare ActorDiedError
+            # (and retries it), while a task's exception reaches the driver as itself.
+            self._setup_error = exc
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        """``batch``: a pyarrow Table with ``id`` and ``path`` columns."""
+        if self._setup_error is not None:
+            raise self._setup_error
+        ids, paths = batch.column("id").to_pylist(), batch.column("path").to_pylist()
+        items = [BatchItem(str(i), str(p)) for i, p in zip(ids, paths, strict=True)]
+        outcomes = self._loop.run_until_complete(self._run(items))
+        return {
+            "id": [r.item.id for r, _ in outcomes],
+            # The BatchResult itself (pickled: it holds a Prediction), so the driver writes the very
+            # line the local engine would, with BatchResult.to_json_line.
+            "result": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r, _ in outcomes],
+            "trace": [t for _, t in outcomes],
+        }
+
+    async def _run(self, items: list[BatchItem]) -> list[tuple[BatchResult, str]]:
+        gate = asyncio.Semaphore(self._concurrency)
+        traces: dict[str, str] = {}
+
+        async def locate(item: BatchItem) -> Prediction:
+            if not self._with_trace:
+                return await self._geo.alocate(item.path, top_k=self._top_k)
+            prediction, trace = await self._geo.alocate_with_trace(item.path, top_k=self._top_k)
+            traces[item.id] = trace.model_dump_json()
+            return prediction
+
+        async def one(item: BatchItem) -> tuple[BatchResult, str]:
+            async with gate:
+                result = await locate_one(item, locate, self._fatal)
+            return result, traces.pop(item.id, "")
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+def run_ray_batch(
+    items: Iterable[BatchItem],
+    config: Config,
+    out_path: str | os.PathLike[str],
+    *,
+    options: RayBatchOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    top_k: int | None = None,
+    on_start: StartCallback | None = None,
+    on_result: ResultCallback | None = None,
+    on_trace: TraceCallback | None = None,
+    fatal_errors: tuple[type[BaseException], ...] = DEFAULT_FATAL_ERRORS,
+    summary: BatchSummary | None = None,
+) -> BatchSummary:
+    """Locate ``items`` on Ray, appending to ``out_path`` exactly as :func:`geosleuth.agent.batch.run_batch`
+    does (same lines, ``resume`` / ``overwrite`` / ``retry_errors`` rules, summary counts).
+
+    ``on_trace(item, trace_json)`` receives each image's trace before its line is committed (only
+    asked for when given). A ``fatal_errors`` exception in an actor stops the run with
+    :class:`BatchAborted`; committed lines stay.
+    """
+    from geosleuth.ray_session import import_ray, ray_session, unwrap_task_error
+
+    import_ray()  # fails (saying how to install Ray) before anything is written
+    options = options or RayBatchOptions()
+    item_list = list(items)
+    out = Path(out_path)
+    summary = summary if summary is not None else BatchSummary(out)
+    summary.out_path, summary.total = out, len(item_list)
+    started = time.perf_counter()
+    with open_results(out, item_list, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors) as (
+        write, done,
+    ):
+        pending = [item for item in item_list if item.id not in done]
+        mirror = ParquetMirror(out)
+        if on_start is not None:
+            on_start(summary)
+        started = time.perf_counter()
+        try:
+            if pending:
+                with ray_session(options.address, num_cpus=options.local_cpus) as ray:
+                    for shard in _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors):
+                        _commit(shard, write, mirror, done, summary, on_result, on_trace)
+        except Exception as exc:
+            cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
+            if isinstance(cause, fatal_errors):
+                summary.aborted = f"{type(cause).__name__}: {cause}"
+                raise BatchAborted(
+                    f"batch stopped: {cause}. {summary.done_this_run} image(s) finished this run are in {out}; "
+                    "fix the problem and re-run with --resume",
+                    summary,
+                ) from cause
+            if isinstance(cause, GeosleuthError) and cause is not exc:
+                raise cause from None
+            raise
+        finally:
+            summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _shards(
+    ray: Any, pending: Sequence[BatchItem], config: Config, options: RayBatchOptions, top_k: int | None,
+    with_trace: bool, fatal_errors: tuple[type[BaseException], ...],
+) -> Iterable[dict[str, Any]]:
+    """The Ray Data pipeline; yields each finished shard (columns id, result, trace)."""
+    from geosleuth.ray_session import default_actors, gpus_per_actor
+
+    actors = options.actors or default_actors(ray, options.cpus_per_actor)
+    shards = -(-len(pending) // options.shard_size)
+    dataset = ray.data.from_items(
+        [{"id": item.id, "path": item.path} for item in pending], override_num_blocks=shards
+    ).map_batches(
+        LocateActor,
+        fn_constructor_kwargs={
+            "config": config.model_dump(mode="json"), "top_k": top_k, "with_trace": with_trace,
+            "concurrency": options.concurrency, "fatal_errors": fatal_errors,
+        },
+        batch_size=options.shard_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(actors, shards)),
+        num_cpus=options.cpus_per_actor,
+        num_gpus=gpus_per_actor(ray),
+    )
+    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield block.to_pydict()
+
+
+def _commit(
+    shard: dict[str, Any], write: Callable[[bytes], None], mirror: ParquetMirror, done: set[str],
+    summary: BatchSummary, on_result: ResultCallback | None, on_trace: TraceCallback | None,
+) -> None:
+    """Traces first, then the shard's lines in one write (a line on disk means the image is done),
+    then their Parquet part. ``done``: ids in the file; a result for one of them (a shard delivered
+    twice by a retry) is dropped, so no id is ever written twice whatever Ray does."""
+    results: list[BatchResult] = []
+    for payload in shard["result"]:
+        result: BatchResult = pickle.loads(payload)
+        if result.item.id not in done:
+            done.add(result.item.id)
+            results.append(result)
+    if not results:
+        return
+    if on_trace is not None:
+        traces = dict(zip(shard["id"], shard["trace"], strict=True))
+        for result in results:
+            if traces.get(result.item.id):
+                on_trace(result.item, traces[result.item.id])
+    lines = b"".join(result.to_json_line() for result in results)
+    write(lines)
+    mirror.append(lines)
+    for result in results:
+        summary.add(result)
+        if on_result is not None:
+            on_result(result)
