@@ -78,6 +78,7 @@ def _read_message(console: Console) -> str | None:
 def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | None, resume_id: str | None) -> None:
     from rich.text import Text
 
+    from geosleuth.cli.progress import LocateProgress
     from geosleuth.fileio import atomic_write_text
     from geosleuth.geo import haversine_km
 
@@ -86,8 +87,8 @@ def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | N
     try:
         out.print(Text.assemble(("session ", "dim"), (session.session_id, "bold cyan"),
                                 (f"  (resume later: geosleuth chat --resume {session.session_id})", "dim")))
-        with err.status(Text(f"locating {session.image_path} ...")):
-            reply = loop.run_until_complete(session.start())
+        with LocateProgress(err, f"locating {session.image_path}") as progress:
+            reply = loop.run_until_complete(session.start(on_step=progress.on_step))
         current = reply.prediction
         if reply.kind == "resumed":
             turns = len(loop.run_until_complete(session.history()))

@@ -15,7 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from geosleuth.types import ProgressEvent
+from geosleuth.agent.graph import STEPS
+from geosleuth.types import ProgressEvent, TraceEvent
 
 
 def describe(event: ProgressEvent) -> str:
@@ -71,4 +72,9 @@ class LocateProgress:
             f"  [dim]{step}[/]{took}" + ("  [yellow](failed, continuing)[/]" if failed else ""), highlight=False
         )
         if self._status is not None:
-            self._status.update(Text(f"{self.label}: {step} done"))
+            following = STEPS[STEPS.index(step) + 1] if step in STEPS[:-1] else None
+            self._status.update(Text(f"{self.label}: {step} done" + (f", {following} ..." if following else "")))
+
+    async def on_step(self, step: str, event: TraceEvent | None) -> None:
+        """The ``on_step`` callback of ``LocatePipeline.run`` / chat turns (finished steps only)."""
+        self.feed(step, {"event": event})

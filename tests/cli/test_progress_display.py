@@ -37,3 +37,13 @@ def test_finished_steps_are_printed_one_per_line() -> None:
     lines = buffer.getvalue().splitlines()
     assert "perceive 0.25 s" in lines[0]
     assert "reason 3.00 s" in lines[1] and "failed, continuing" in lines[1]
+
+
+def test_chat_turns_feed_finished_steps_through_on_step() -> None:
+    import asyncio
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=200)
+    with LocateProgress(console, "locating p.jpg") as progress:
+        asyncio.run(progress.on_step("retrieve", TraceEvent(step="retrieve", started_at=0.0, duration_s=0.5)))
+    assert "retrieve 0.50 s" in buffer.getvalue()
