@@ -102,9 +102,9 @@ async def locate_one(
     return BatchResult(item, prediction, None, None, time.perf_counter() - started)
 
 
-class _Committer:
+class Committer:
     """Writes results (off the event loop), counts them once they are on disk, and holds degraded
-    ones back while the breaker decides whether the stage is down."""
+    ones back while the breaker decides whether the stage is down. Every engine commits through it."""
 
     def __init__(
         self, write: Callable[[bytes], None], summary: BatchSummary, breaker: CircuitBreaker | None,
@@ -159,7 +159,7 @@ class _Committer:
 
 async def _run(
     pending: list[BatchItem], locate_fn: LocateFn, concurrency: int, fatal: tuple[type[BaseException], ...],
-    committer: _Committer, breaker: CircuitBreaker | None,
+    committer: Committer, breaker: CircuitBreaker | None,
 ) -> None:
     async def locate(item: BatchItem) -> BatchResult:
         return await locate_one(item, locate_fn, fatal)
@@ -212,21 +212,14 @@ async def arun_batch(
             out, item_list, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
             retry_degraded=retry_degraded, fsync=fsync,
         ) as (write, done):
-            committer = _Committer(write, summary, breaker, on_result, order)
+            committer = Committer(write, summary, breaker, on_result, order)
             pending = [item for item in item_list if item.id not in done]  # started in this (input) order
             if on_start is not None:
                 on_start(summary)
             started = time.perf_counter()
             await _run(pending, locate_fn, concurrency, fatal_errors, committer, breaker)
         if breaker is not None and breaker.tripped:
-            summary.circuit_open = breaker.reason
-            raise BatchCircuitOpen(
-                f"batch stopped: a required stage is unavailable ({breaker.reason}); "
-                f"{summary.done_this_run} image(s) finished this run are in {out}, images in flight were "
-                "not written. Bring the stage back (e.g. start the VLM server: `geosleuth vlm serve`) and "
-                "re-run with --resume; or pass --allow-degraded to keep going without it",
-                summary,
-            )
+            raise circuit_open(breaker, summary, out)
     except asyncio.CancelledError:
         summary.interrupted = True
         raise
@@ -240,6 +233,18 @@ async def arun_batch(
     finally:
         summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def circuit_open(breaker: CircuitBreaker, summary: BatchSummary, out: Path) -> BatchCircuitOpen:
+    """The error that stops a run whose breaker opened (every engine raises this one)."""
+    summary.circuit_open = breaker.reason
+    return BatchCircuitOpen(
+        f"batch stopped: a required stage is unavailable ({breaker.reason}); "
+        f"{summary.done_this_run} image(s) finished this run are in {out}, images in flight were "
+        "not written. Bring the stage back (e.g. start the VLM server: `geosleuth vlm serve`) and "
+        "re-run with --resume; or pass --allow-degraded to keep going without it",
+        summary,
+    )
 
 
 def run_batch(

@@ -34,6 +34,7 @@ class ParquetMirror:
         self.results = results
         self.folder = parquet_dir(results)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._pending: list[bytes] = []
         self.offset = self._reconcile()
 
     def _reconcile(self) -> int:
@@ -74,8 +75,15 @@ class ParquetMirror:
             return False
 
     def append(self, lines: bytes) -> None:
-        """Mirror ``lines``, which were just appended to the results file."""
-        self._write(self.offset, lines)
+        """Mirror ``lines``, which were just appended to the results file (buffered until :meth:`flush`;
+        lines lost with the buffer are restored from the file when the mirror is next opened)."""
+        self._pending.append(lines)
+
+    def flush(self) -> None:
+        """Write the appended lines as one part."""
+        if self._pending:
+            lines, self._pending = b"".join(self._pending), []
+            self._write(self.offset, lines)
 
     def _write(self, start: int, lines: bytes) -> None:
         import pyarrow as pa

@@ -8,12 +8,13 @@ Pipeline (one Ray Data dataset, streamed)::
          encoders, GPS gallery, gallery store, VLM backend; one GPU per actor when the cluster has
          GPUs) and runs perceive -> retrieve -> reason -> verify -> decide on its shard, with up to
          ``concurrency`` images in flight (requests to one or many OpenAI-compatible vLLM servers)
-      -> driver: commits each finished shard to the results file
+      -> driver: commits each finished shard's results through the local engine's Committer
+         (degraded results held back, the circuit breaker)
 
 The results file is the local engine's (``agent/batch/``: same lines, same resume rules, the same
 lock), mirrored as Parquet shards (``agent/batch/parquet.py``: ``results.parquet/``), written only by
-the driver: a shard's lines go out in one write followed by fsync, and a line
-is done once it is complete on disk. A SIGKILL of the driver leaves at most a half-written last
+the driver: each line goes out in one write followed by fsync, and a line is done once it is
+complete on disk. A SIGKILL of the driver leaves at most a half-written last
 line, which ``--resume`` removes; a killed worker's shard was never written, and Ray Data re-runs it.
 So a photo is never recorded twice and at most the photos in flight are lost. Image paths must be
 readable on every node (a shared file system); traces come back to the driver and are written there.
@@ -36,14 +37,17 @@ from geosleuth.agent.batch import (
     BatchItem,
     BatchResult,
     BatchSummary,
+    CircuitBreaker,
     ResultCallback,
     StartCallback,
+    check_unique,
     locate_one,
     open_results,
 )
+from geosleuth.agent.batch.local import Committer, circuit_open
 from geosleuth.agent.batch.parquet import ParquetMirror
 from geosleuth.config import Config
-from geosleuth.errors import GeosleuthError
+from geosleuth.errors import GeosleuthError, StageUnavailableError
 from geosleuth.types import Prediction
 
 DEFAULT_SHARD_SIZE = 16
@@ -89,25 +93,33 @@ class LocateActor:
         self._loop = asyncio.new_event_loop()
         self._setup_error: BaseException | None = None
         try:
-            _ = self._geo.resources  # load the models now: once per actor, before the first shard
+            # The local engine's preflight, once per actor before its first shard: the models load
+            # now (once per actor) and a VLM server answers one request.
+            self._loop.run_until_complete(self._geo.acheck_ready())
         except GeosleuthError as exc:
             # Raised from __call__ instead: Ray reports a failed constructor as a bare ActorDiedError
             # (and retries it), while a task's exception reaches the driver as itself.
             self._setup_error = exc
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        """``batch``: a pyarrow Table with ``id`` and ``path`` columns."""
-        if self._setup_error is not None:
-            raise self._setup_error
-        ids, paths = batch.column("id").to_pylist(), batch.column("path").to_pylist()
-        items = [BatchItem(str(i), str(p)) for i, p in zip(ids, paths, strict=True)]
-        outcomes = self._loop.run_until_complete(self._run(items))
+        """``batch``: a pyarrow Table with ``id`` and ``path`` columns. A setup error or a fatal error
+        comes back as data (one row whose ``stop`` holds it), so the driver raises exactly it, not
+        Ray's wrapping of it."""
+        try:
+            if self._setup_error is not None:
+                raise self._setup_error
+            ids, paths = batch.column("id").to_pylist(), batch.column("path").to_pylist()
+            items = [BatchItem(str(i), str(p)) for i, p in zip(ids, paths, strict=True)]
+            outcomes = self._loop.run_until_complete(self._run(items))
+        except (GeosleuthError, *self._fatal) as exc:
+            return {"id": [""], "result": [b""], "trace": [""], "stop": [pickle.dumps(exc)]}
         return {
             "id": [r.item.id for r, _ in outcomes],
             # The BatchResult itself (pickled: it holds a Prediction), so the driver writes the very
             # line the local engine would, with BatchResult.to_json_line.
             "result": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r, _ in outcomes],
             "trace": [t for _, t in outcomes],
+            "stop": [b""] * len(outcomes),
         }
 
     async def _run(self, items: list[BatchItem]) -> list[tuple[BatchResult, str]]:
@@ -138,6 +150,9 @@ def run_ray_batch(
     resume: bool = False,
     overwrite: bool = False,
     retry_errors: bool = False,
+    retry_degraded: bool = False,
+    allow_degraded: bool = False,
+    breaker: CircuitBreaker | None = None,
     top_k: int | None = None,
     on_start: StartCallback | None = None,
     on_result: ResultCallback | None = None,
@@ -146,36 +161,52 @@ def run_ray_batch(
     summary: BatchSummary | None = None,
 ) -> BatchSummary:
     """Locate ``items`` on Ray, appending to ``out_path`` exactly as :func:`geosleuth.agent.batch.run_batch`
-    does (same lines, ``resume`` / ``overwrite`` / ``retry_errors`` rules, summary counts).
+    does: same lines, ``resume`` / ``overwrite`` / ``retry_errors`` / ``retry_degraded`` rules, summary
+    counts, and the same :class:`Committer` (degraded results held back; unless ``allow_degraded``, a
+    :class:`CircuitBreaker` stops the run with :class:`BatchCircuitOpen` when a required stage is down).
 
-    ``on_trace(item, trace_json)`` receives each image's trace before its line is committed (only
-    asked for when given). A ``fatal_errors`` exception in an actor stops the run with
-    :class:`BatchAborted`; committed lines stay.
+    Each actor runs the local engine's preflight (models load, the VLM server answers one request)
+    before its first shard: a failure there stops the run with that error (StageUnavailableError,
+    ModelNotAvailableError, ...). ``on_trace(item, trace_json)`` receives each image's trace before its
+    line is committed (only asked for when given). A ``fatal_errors`` exception in an actor stops the
+    run with :class:`BatchAborted`; committed lines stay.
     """
     from geosleuth.ray_session import import_ray, ray_session, unwrap_task_error
 
     import_ray()  # fails (saying how to install Ray) before anything is written
     options = options or RayBatchOptions()
     item_list = list(items)
+    check_unique(item_list, [f"item {i}" for i in range(len(item_list))], Path("batch input"))
     out = Path(out_path)
     summary = summary if summary is not None else BatchSummary(out)
     summary.out_path, summary.total = out, len(item_list)
+    breaker = None if allow_degraded else (breaker or CircuitBreaker())
+    order = {item.id: position for position, item in enumerate(item_list)}
     started = time.perf_counter()
-    with open_results(out, item_list, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors) as (
-        write, done,
-    ):
+    with open_results(
+        out, item_list, summary, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
+        retry_degraded=retry_degraded,
+    ) as (write, done):
         pending = [item for item in item_list if item.id not in done]
         mirror = ParquetMirror(out)
+
+        def write_and_mirror(lines: bytes) -> None:
+            write(lines)
+            mirror.append(lines)
+
+        committer = Committer(write_and_mirror, summary, breaker, on_result, order)
         if on_start is not None:
             on_start(summary)
         started = time.perf_counter()
         try:
             if pending:
                 with ray_session(options.address, num_cpus=options.local_cpus) as ray:
-                    for shard in _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors):
-                        _commit(shard, write, mirror, done, summary, on_result, on_trace)
+                    shards = _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors)
+                    asyncio.run(_commit_all(shards, committer, breaker, mirror, done, on_trace))
+        except StageUnavailableError:
+            raise  # an actor's preflight: exit 4, as the local engine's
         except Exception as exc:
-            cause = unwrap_task_error(exc)  # an actor's exception arrives wrapped in Ray's RayTaskError
+            cause = unwrap_task_error(exc)  # an unexpected actor exception arrives wrapped in Ray's RayTaskError
             if isinstance(cause, fatal_errors):
                 summary.aborted = f"{type(cause).__name__}: {cause}"
                 raise BatchAborted(
@@ -187,8 +218,36 @@ def run_ray_batch(
                 raise cause from None
             raise
         finally:
+            mirror.flush()
             summary.elapsed_s = time.perf_counter() - started
+    if breaker is not None and breaker.tripped:
+        raise circuit_open(breaker, summary, out)
     return summary
+
+
+async def _commit_all(
+    shards: Iterable[dict[str, Any]], committer: Committer, breaker: CircuitBreaker | None, mirror: ParquetMirror,
+    done: set[str], on_trace: TraceCallback | None,
+) -> None:
+    """Each finished shard through the committer, result by result (traces first); stops taking
+    results when the breaker opens (the rest, and the shards still in flight, are not written)."""
+    for shard in shards:
+        for stop in shard["stop"]:
+            if stop:  # an actor's setup or fatal error: the run stops with it
+                raise pickle.loads(stop)
+        traces = dict(zip(shard["id"], shard["trace"], strict=True))
+        for payload in shard["result"]:
+            result: BatchResult = pickle.loads(payload)
+            if result.item.id in done:  # a shard delivered twice (a retry): its lines are on disk already
+                continue
+            done.add(result.item.id)
+            if on_trace is not None and traces.get(result.item.id):
+                on_trace(result.item, traces[result.item.id])
+            await committer.take(result)
+            if breaker is not None and breaker.tripped:
+                return
+        mirror.flush()
+    await committer.flush()
 
 
 def _shards(
@@ -216,32 +275,3 @@ def _shards(
     )
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield block.to_pydict()
-
-
-def _commit(
-    shard: dict[str, Any], write: Callable[[bytes], None], mirror: ParquetMirror, done: set[str],
-    summary: BatchSummary, on_result: ResultCallback | None, on_trace: TraceCallback | None,
-) -> None:
-    """Traces first, then the shard's lines in one write (a line on disk means the image is done),
-    then their Parquet part. ``done``: ids in the file; a result for one of them (a shard delivered
-    twice by a retry) is dropped, so no id is ever written twice whatever Ray does."""
-    results: list[BatchResult] = []
-    for payload in shard["result"]:
-        result: BatchResult = pickle.loads(payload)
-        if result.item.id not in done:
-            done.add(result.item.id)
-            results.append(result)
-    if not results:
-        return
-    if on_trace is not None:
-        traces = dict(zip(shard["id"], shard["trace"], strict=True))
-        for result in results:
-            if traces.get(result.item.id):
-                on_trace(result.item, traces[result.item.id])
-    lines = b"".join(result.to_json_line() for result in results)
-    write(lines)
-    mirror.append(lines)
-    for result in results:
-        summary.add(result)
-        if on_result is not None:
-            on_result(result)

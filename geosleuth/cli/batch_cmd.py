@@ -284,7 +284,7 @@ def batch(
             with progress:
                 return run_ray_batch(
                     batch_input.items, config, out, resume=resume, overwrite=overwrite, retry_errors=retry_errors,
-                    top_k=top_k,
+                    retry_degraded=retry_degraded, allow_degraded=allow_degraded, top_k=top_k,
                     options=RayBatchOptions(address=address, concurrency=concurrency or 2 * config.vlm.concurrency),
                     on_start=on_start, on_result=on_result, on_trace=on_trace if trace_dir is not None else None,
                     fatal_errors=fatal_errors(), summary=run_summary,

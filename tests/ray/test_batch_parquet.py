@@ -26,6 +26,7 @@ def commit(results: Path, mirror: ParquetMirror | None, data: bytes) -> None:
         handle.write(data)
     if mirror is not None:
         mirror.append(data)
+        mirror.flush()
 
 
 def test_parts_follow_commits_and_reopening_fills_what_a_killed_driver_left_out(tmp_path):
@@ -59,15 +60,18 @@ def test_a_rewritten_or_truncated_file_gets_a_fresh_mirror(tmp_path):
 
 
 def test_a_shard_delivered_twice_is_committed_once(tmp_path):
+    import asyncio
     import pickle
 
     from geosleuth.agent.batch import BatchItem, BatchResult, BatchSummary
-    from geosleuth.agent.batch.ray_engine import _commit
+    from geosleuth.agent.batch.local import Committer
+    from geosleuth.agent.batch.ray_engine import _commit_all
     from geosleuth.types import ImageRef, Prediction
 
     results = [BatchResult(BatchItem(f"p{i}", f"/x/p{i}.jpg"), Prediction(image=ImageRef(path=f"/x/p{i}.jpg"),
                                                                          lat=1.0 + i, lon=2.0)) for i in range(3)]
-    shard = {"id": [r.item.id for r in results], "result": [pickle.dumps(r) for r in results], "trace": [""] * 3}
+    shard = {"id": [r.item.id for r in results], "result": [pickle.dumps(r) for r in results], "trace": [""] * 3,
+             "stop": [b""] * 3}
     out = tmp_path / "r.jsonl"
     out.touch()
     mirror, done, summary = ParquetMirror(out), {"p0"}, BatchSummary(out)  # p0 was committed by an earlier run
@@ -75,8 +79,10 @@ def test_a_shard_delivered_twice_is_committed_once(tmp_path):
     def write(data: bytes) -> None:
         with out.open("ab") as handle:
             handle.write(data)
+        mirror.append(data)
 
-    _commit(shard, write, mirror, done, summary, None, None)
-    _commit(shard, write, mirror, done, summary, None, None)  # e.g. a retried task delivering it again
+    committer = Committer(write, summary, None, None, {f"p{i}": i for i in range(3)})
+    # The second delivery: e.g. a retried task handing the same shard over again.
+    asyncio.run(_commit_all([shard, shard], committer, None, mirror, done, None))
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["p1", "p2"]
     assert mirrored(out)["id"].tolist() == ["p1", "p2"] and summary.ok == 2

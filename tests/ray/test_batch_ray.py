@@ -181,3 +181,25 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(ray_photos, tmp
     assert result.exit_code == 2, result.output
     assert "pip install 'geosleuth[ray]'" in result.output
     assert not out.exists()
+
+
+def test_vlm_server_down_stops_a_ray_run_at_the_actors_preflight_with_exit_4(
+    ray_cluster, ray_photos, write_tiny_config, tmp_path
+):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from geosleuth.cli import app
+
+    with socket.socket() as sock:  # a port on 127.0.0.1 where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_tiny_config(tmp_path, vlm={"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                                              "timeout_s": 5, "max_retries": 0})
+    out = tmp_path / "r.jsonl"
+    args = ["-c", str(config), "batch", str(ray_photos), "--out", str(out), "--engine", "ray"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 4, result.output
+    assert f"127.0.0.1:{port}" in result.output
+    assert out.read_text() == ""  # no photo ran, no line was written
