@@ -19,6 +19,7 @@ from geosleuth.cli.common import (
     EXIT_PARTIAL_FAILURE,
     EXIT_STAGE_UNAVAILABLE,
     EXIT_USAGE,
+    EngineChoice,
     err_console,
     state,
     user_errors,
@@ -29,11 +30,6 @@ if TYPE_CHECKING:
 
     from geosleuth.agent.batch import BatchItem, BatchResult, BatchSummary
     from geosleuth.types import Prediction
-
-
-class EngineChoice(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 class ExportChoice(str, Enum):
@@ -184,10 +180,6 @@ def batch(
             raise typer.Exit(EXIT_USAGE)
     if address is not None and engine is not EngineChoice.ray:
         err_console().print("[bold red]error:[/] --address needs --engine ray", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
-    if engine is EngineChoice.ray and retry_degraded:
-        err_console().print("[bold red]error:[/] --retry-degraded is not available with --engine ray yet; "
-                            "run it with the local engine", highlight=False)
         raise typer.Exit(EXIT_USAGE)
 
     err = err_console()

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -90,3 +91,10 @@ def open_geolocator(ctx: typer.Context) -> Geolocator:
     from geosleuth.api import Geolocator
 
     return Geolocator.from_config(state(ctx).config())
+
+
+class EngineChoice(str, Enum):
+    """Where ``batch`` and ``index build`` run: this process, or a Ray cluster (docs/ray.md)."""
+
+    local = "local"
+    ray = "ray"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from geosleuth.cli.common import EXIT_PARTIAL_FAILURE, err_console, state, user_errors
+from geosleuth.cli.common import EXIT_PARTIAL_FAILURE, EngineChoice, err_console, state, user_errors
 
 if TYPE_CHECKING:
     from geosleuth.config import Config
@@ -22,11 +22,6 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True)
 
 FAILURES_SHOWN = 10
-
-
-class EngineChoice(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 class IndexTypeChoice(str, Enum):

