@@ -37,7 +37,7 @@ def scripts_of(text: str) -> list[str]:
 
 
 class LanguageIdentifier:
-    """lingua's detector over all its languages (low-accuracy mode: trigram models, ~80 MB, built on first use),
+    """lingua's detector over the languages some country speaks (low-accuracy mode: trigram models, built on first use),
     plus the language -> country table."""
 
     def __init__(self) -> None:
@@ -47,9 +47,13 @@ class LanguageIdentifier:
 
     def _load_detector(self) -> Any:
         if self._detector is None:
-            from lingua import LanguageDetectorBuilder
+            from lingua import IsoCode639_1, LanguageDetectorBuilder
 
-            self._detector = LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+            # Only languages some country speaks: Esperanto or Latin would take short sign texts
+            # ("Porto 25 km" read as Esperanto) and point to no country at all.
+            spoken = {code.upper() for code in self._country_table()}
+            codes = [getattr(IsoCode639_1, code) for code in sorted(spoken) if hasattr(IsoCode639_1, code)]
+            self._detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).with_low_accuracy_mode().build()
         return self._detector
 
     def languages(self, text: str) -> list[LanguageGuess]:
