@@ -42,7 +42,6 @@ from geosleuth.ui.sessions import ChatSessions, StepReport, TurnResult
 
 if TYPE_CHECKING:
     from geosleuth.api import Geolocator
-    from geosleuth.geo.boundaries import CountryBoundaries
 
 STATIC = Path(__file__).with_name("static")
 BASEMAP_TOLERANCE_DEG = 0.05  # about 5 km: fine from world to country zoom; about 1.2 MB of GeoJSON
@@ -96,7 +95,6 @@ class _App:
         self.uploads = settings.uploads_dir or expand_path(geo.config.index.cache_dir) / "ui_uploads"
         self._basemap: bytes | None = None
         self._basemap_lock = asyncio.Lock()
-        self._land: CountryBoundaries | None = None
         self._turns: set[asyncio.Task[Any]] = set()
 
     # -- streaming turns -------------------------------------------------------------------
@@ -191,7 +189,7 @@ class _App:
         return FileResponse(path, headers={"Content-Security-Policy": "default-src 'none'"})
 
     async def trace_html(self, request: Request) -> Response:
-        from geosleuth.agent.trace import load_basemap, trace_html
+        from geosleuth.agent.trace import trace_html
 
         try:
             state = await self._state(request)
@@ -199,9 +197,9 @@ class _App:
             return _error(str(exc), 404)
         if state.trace is None:
             return HTMLResponse("<p>This session has no trace yet.</p>", status_code=404)
-        if self._land is None:
-            self._land = await asyncio.to_thread(load_basemap)
-        page = trace_html(state.trace, land=self._land)
+        # The polygons the pipeline's reverse geocoder loaded once (not a second copy for the page).
+        land = await asyncio.to_thread(lambda: self.geo.resources.geocoder.boundaries)
+        page = trace_html(state.trace, land=land)
         return HTMLResponse(page, headers={"Content-Security-Policy": _TRACE_CSP})
 
     async def download(self, request: Request) -> Response:
