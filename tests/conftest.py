@@ -9,6 +9,17 @@ from pathlib import Path
 
 import pytest
 
+# Rich wraps at the console width (COLUMNS), and messages quote tmp paths of any length: so wide that
+# nothing wraps, for every test, whatever terminal (or none, in CI) runs the suite. Rich reads COLUMNS
+# whenever a Console is made; a test that passes its own COLUMNS to CliRunner keeps it.
+CONSOLE_COLUMNS = "4000"
+
+
+@pytest.fixture(autouse=True)
+def _console_never_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", CONSOLE_COLUMNS)
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -32,17 +32,6 @@ from geosleuth.types import (
     TraceEvent,
 )
 
-# Rich wraps at the console width (COLUMNS), and messages quote tmp paths of any length: so wide
-# that nothing wraps, for every test here (rich reads COLUMNS whenever a Console is made).
-CONSOLE_COLUMNS = "4000"
-
-
-@pytest.fixture(autouse=True)
-def _console_never_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", CONSOLE_COLUMNS)
-    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
-
-
 HOSTILE = '<script>alert("x")</script> [bold red]not markup[/] & more'
 
 
