@@ -161,6 +161,19 @@ class VerifyConfig(_Section):
     top_k: int = Field(5, ge=1, description="ranked alternatives reported")
 
 
+class AgentConfig(_Section):
+    mode: Literal["pipeline", "tools"] = Field(
+        "pipeline",
+        description="pipeline = the fixed reason step (several prompt variants); tools = the VLM chooses tools "
+        "in a bounded loop and submits one answer (not yet shown to score better on a benchmark)",
+    )
+    max_tool_calls: int = Field(8, ge=1, description="tools mode: tool calls per photo before the loop stops")
+    max_tokens: int = Field(
+        4096, ge=16, description="tools mode: tokens the VLM may generate per photo, over all its turns"
+    )
+    max_seconds: float = Field(120.0, gt=0, description="tools mode: wall time per photo before the loop stops")
+
+
 class ServeConfig(_Section):
     python: str | None = Field(None, description="python with vLLM installed (default: this one)")
     host: str = "127.0.0.1"
@@ -169,6 +182,10 @@ class ServeConfig(_Section):
     images_per_prompt: int = 1
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = 900.0
+    tool_call_parser: str = Field(
+        "auto", description="vLLM --tool-call-parser for agent.mode=tools: auto = by the model family "
+        "(Qwen2.5 / Qwen2.5-VL: hermes), none = serve without tool calling"
+    )
 
 
 class Config(_Section):
@@ -179,6 +196,7 @@ class Config(_Section):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def config_hash(self) -> str:

@@ -38,11 +38,18 @@ def serve(
     log: Path | None = typer.Option(None, "--log", help="server log file (default: a temporary file)"),
 ) -> None:
     """Start vLLM's OpenAI-compatible server for the VLM, wait until it is healthy, stop it on Ctrl-C."""
-    from geosleuth.vlm.server import VLLMServer
+    from geosleuth.vlm.server import VLLMServer, tool_call_parser_for
 
     config = state(ctx).config()
     served = model or config.vlm.server_model
     console = err_console()
+    parser = tool_call_parser_for(served, config.serve.tool_call_parser)
+    if parser is None:
+        console.print(
+            f"[yellow]note:[/] serving {served} without tool calling (serve.tool_call_parser = "
+            f"{config.serve.tool_call_parser!r}); agent.mode=tools will fall back to the fixed pipeline",
+            highlight=False, soft_wrap=True,
+        )
     server = VLLMServer(
         served,
         python=config.serve.python,
@@ -54,6 +61,7 @@ def serve(
         max_pixels=config.vlm.max_image_pixels if _is_qwen_vl(served) else None,
         dtype=config.vlm.dtype,
         extra_args=config.serve.extra_args,
+        tool_call_parser=parser,
         startup_timeout=config.serve.startup_timeout_s,
         log_path=log,
     )

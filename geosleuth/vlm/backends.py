@@ -29,7 +29,7 @@ from geosleuth.errors import VLMError
 if TYPE_CHECKING:
     from PIL import Image
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "unknown"]
 """Why generation ended: ``stop`` = the model ended its answer (end-of-sequence or the schema was
 complete), ``length`` = cut off at ``max_tokens`` (the text is incomplete), ``unknown`` = the backend
@@ -56,11 +56,37 @@ class VLMRejectedError(VLMRequestError):
         super().__init__(message)
 
 
+class ToolsUnsupportedError(VLMRejectedError):
+    """The server cannot call tools (vLLM started without ``--enable-auto-tool-choice --tool-call-parser``)."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: its name, a one-line description and its arguments' JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call the model asked for. ``arguments`` is None when the model's text was not a JSON
+    object; ``raw`` is what the model sent either way (the loop tells the model what was wrong)."""
+
+    name: str
+    arguments: dict[str, Any] | None
+    raw: str
+    id: str = ""
+
+
 @dataclass
 class ChatMessage:
     role: Role
     text: str
     images: list[Image.Image] = field(default_factory=list)  # shown before the text
+    tool_calls: list[ToolCall] = field(default_factory=list)  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a "tool" message: the call it answers
 
 
 @dataclass
@@ -71,6 +97,11 @@ class VLMRequest:
     temperature: float = 0.7
     max_tokens: int = 768
     schema_name: str = "answer"  # the name a structured-output server is told
+    # Tools the model may call instead of answering in text; ``tool_choice``: "auto" (the model
+    # decides), "required" (it must call one) or a tool's name. Only backends with
+    # ``native_tool_calls = True`` take these; ``geosleuth.vlm.tool_calling`` runs the others.
+    tools: list[ToolSpec] | None = None
+    tool_choice: str = "auto"
     # Called from the backend's worker with the tokens generated so far for this request (all its
     # samples); in-process backends call it as they decode, others may never call it.
     on_tokens: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
@@ -84,6 +115,8 @@ class VLMRequest:
             raise ValueError(f"a VLM request needs max_tokens >= 1 (got {self.max_tokens})")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (got {self.temperature})")
+        if self.tools is not None and self.json_schema is not None:
+            raise ValueError("a VLM request takes tools or a JSON schema, not both")
 
 
 @dataclass(frozen=True)
@@ -93,6 +126,7 @@ class VLMReply:
     text: str
     finish_reason: FinishReason = "unknown"
     tokens: int | None = None  # tokens generated, where the backend knows
+    tool_calls: tuple[ToolCall, ...] = ()  # calls the model asked for (requests with ``tools``)
 
     @property
     def cut_off(self) -> bool:

@@ -2,7 +2,10 @@
 
 Images go as base64 JPEG data URLs after downscaling to ``vlm.max_image_pixels``. Replies are forced
 into the request's JSON schema with ``response_format={"type": "json_schema", ...}`` (what vLLM's
-OpenAI server accepts). Retries are ours, not the client's (its ``max_retries`` is 0): connection
+OpenAI server accepts). Requests with ``tools`` go through the OpenAI tools API (``tools``,
+``tool_choice``; vLLM needs ``--enable-auto-tool-choice --tool-call-parser``, which ``geosleuth vlm
+serve`` sets) and a server that refuses them raises :class:`ToolsUnsupportedError`. Retries
+are ours, not the client's (its ``max_retries`` is 0): connection
 errors, timeouts, HTTP 429 and 5xx, and unreadable response bodies are retried up to
 ``vlm.max_retries`` times with exponential backoff; other 4xx are not. An ``asyncio.Semaphore`` caps
 requests in flight at ``vlm.concurrency``. The API key is read from the environment variable named
@@ -12,6 +15,7 @@ by ``vlm.api_key_env`` ("EMPTY" when unset) and is never logged or traced.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections.abc import AsyncGenerator, Mapping
@@ -19,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from geosleuth.errors import VLMError
 from geosleuth.vlm.backends import (
+    ToolCall,
+    ToolsUnsupportedError,
     VLMRejectedError,
     VLMReply,
     VLMRequest,
@@ -41,6 +47,8 @@ class _RetryableError(Exception):
 
 class OpenAIBackend:
     """Chat completions against an OpenAI-compatible server. Create one per process and share it."""
+
+    native_tool_calls = True  # takes VLMRequest.tools (see geosleuth.vlm.tool_calling)
 
     def __init__(
         self,
@@ -95,6 +103,16 @@ class OpenAIBackend:
     def _messages(self, request: VLMRequest) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for message in request.messages:
+            if message.role == "tool":
+                out.append({"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.text})
+                continue
+            if message.tool_calls:
+                out.append({"role": "assistant", "content": message.text or None, "tool_calls": [
+                    {"id": call.id, "type": "function",
+                     "function": {"name": call.name, "arguments": json.dumps(call.arguments or {})}}
+                    for call in message.tool_calls
+                ]})
+                continue
             if not message.images:
                 out.append({"role": message.role, "content": message.text})
                 continue
@@ -133,6 +151,18 @@ class OpenAIBackend:
                 "type": "json_schema",
                 "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
             }
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+            choice = request.tool_choice
+            kwargs["tool_choice"] = (
+                choice if choice in ("auto", "required", "none") else {"type": "function", "function": {"name": choice}}
+            )
         attempts = self.max_retries + 1
         last_error = ""
         for attempt in range(attempts):
@@ -166,6 +196,13 @@ class OpenAIBackend:
         if status == 429 or status >= 500:
             return
         detail = _server_message(exc)
+        if status == 400 and ("tool-call-parser" in detail or "tool choice" in detail):
+            raise ToolsUnsupportedError(
+                f"the VLM server at {self.base_url} cannot call tools (HTTP 400: {detail}); start it with "
+                "`geosleuth vlm serve` (it adds --enable-auto-tool-choice --tool-call-parser) "
+                "or use agent.mode=pipeline",
+                status_code=status,
+            )
         if status in (401, 403):
             raise VLMError(
                 f"the VLM server at {self.base_url} refused the API key (HTTP {status}: {detail}); put the key "
@@ -190,10 +227,14 @@ class OpenAIBackend:
         for choice in ordered:
             message = getattr(choice, "message", None)
             content = getattr(message, "content", None)
+            finish = getattr(choice, "finish_reason", None)
+            calls = tuple(_tool_call(call) for call in (getattr(message, "tool_calls", None) or []))
             texts.append(
                 VLMReply(
                     text=content if isinstance(content, str) else "",
-                    finish_reason=finish_reason_of(getattr(choice, "finish_reason", None)),
+                    # "tool_calls": the model ended its turn with calls (a complete reply)
+                    finish_reason=finish_reason_of("stop" if finish == "tool_calls" else finish),
+                    tool_calls=calls,
                 )
             )
         return texts
@@ -219,6 +260,22 @@ async def _close_when_loop_ends(client: Any) -> AsyncGenerator[None, None]:
 @register_backend("openai")
 def _create(config: VLMConfig) -> OpenAIBackend:
     return OpenAIBackend(config)
+
+
+def _tool_call(call: Any) -> ToolCall:
+    """One OpenAI tool call as ours; arguments None when they are not a JSON object."""
+    function = getattr(call, "function", None)
+    raw = str(getattr(function, "arguments", "") or "")
+    try:
+        arguments = json.loads(raw)
+    except json.JSONDecodeError:
+        arguments = None
+    return ToolCall(
+        name=str(getattr(function, "name", "") or ""),
+        arguments=arguments if isinstance(arguments, dict) else None,
+        raw=raw,
+        id=str(getattr(call, "id", "") or ""),
+    )
 
 
 def _cause(exc: BaseException) -> str:

@@ -38,6 +38,31 @@ _SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 _BUILD_HINT = "build the CPU test environment with `bash scripts/build_vllm_cpu_env.sh .venv-vllm`"
 
 
+# vLLM's --tool-call-parser per model family (vLLM docs, "Tool Calling"): Qwen2.5 and Qwen2.5-VL
+# emit Hermes-style <tool_call> JSON; first match wins.
+_TOOL_CALL_PARSERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("qwen3-coder",), "qwen3_xml"),
+    (("qwen",), "hermes"),
+    (("hermes",), "hermes"),
+    (("llama-3", "llama3"), "llama3_json"),
+    (("mistral", "mixtral"), "mistral"),
+)
+
+
+def tool_call_parser_for(model: str, setting: str = "auto") -> str | None:
+    """The ``--tool-call-parser`` to serve ``model`` with: ``setting`` itself unless it is "auto"
+    (by the model family; None for a family we know no parser for) or "none" (no tool calling)."""
+    if setting.strip().lower() == "none":
+        return None
+    if setting.strip().lower() != "auto":
+        return setting.strip()
+    name = model.lower()
+    for markers, parser in _TOOL_CALL_PARSERS:
+        if any(marker in name for marker in markers):
+            return parser
+    return None
+
+
 class VLLMServerError(VLMError):
     """The vLLM server could not be started, or died, or did not become healthy in time."""
 
@@ -77,6 +102,7 @@ class VLLMServer:
     """vLLM's OpenAI-compatible server as a child process; a context manager.
 
     ``port=0`` picks a free port. ``structured_outputs=None`` leaves vLLM's own default.
+    ``tool_call_parser`` (e.g. "hermes") turns on tool calling (``--enable-auto-tool-choice``).
     ``min_pixels``/``max_pixels`` bound each image's size (Qwen-VL processors) via
     ``--mm-processor-kwargs``. ``env`` is added to this process's environment; when ``model`` is a
     local directory, ``HF_HUB_OFFLINE=1`` is set unless ``env`` says otherwise.
@@ -98,6 +124,7 @@ class VLLMServer:
         dtype: str = "auto",
         structured_outputs: Mapping[str, Any] | None = DEFAULT_STRUCTURED_OUTPUTS,
         extra_args: Sequence[str] = (),
+        tool_call_parser: str | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 600.0,
         stop_timeout: float = 15.0,
@@ -118,6 +145,7 @@ class VLLMServer:
         self.dtype = dtype
         self.structured_outputs = dict(structured_outputs) if structured_outputs is not None else None
         self.extra_args = list(extra_args)
+        self.tool_call_parser = tool_call_parser
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -166,6 +194,8 @@ class VLLMServer:
             cmd += ["--mm-processor-kwargs", json.dumps(self.mm_processor_kwargs, sort_keys=True)]
         if self.structured_outputs is not None:
             cmd += ["--structured-outputs-config", json.dumps(self.structured_outputs, sort_keys=True)]
+        if self.tool_call_parser:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
         return cmd + self.extra_args
 
     def child_env(self) -> dict[str, str]:
