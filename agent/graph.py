@@ -33,6 +33,10 @@ from geosleuth.agent.reason import reason
 from geosleuth.agent.retrieve import retrieve
 from geosleuth.agent.runtime import Resources
 from geosleuth.agent.state import LocateState, initial_state
+from geosleuth.agent.step_events import reasoning_failures as _reasoning_failures
+from geosleuth.agent.step_events import reasoning_outputs as _reasoning_outputs
+from geosleuth.agent.step_events import step_event as _event
+from geosleuth.agent.toolloop.fallback import fallback_note
 from geosleuth.agent.verify import Verification, verify, weights_of
 from geosleuth.constraints import Constraint
 from geosleuth.errors import GeosleuthError
@@ -64,24 +68,6 @@ _SOURCE_NAMES = {
 }
 # Called with (step name, its TraceEvent) as each step of a run finishes.
 StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
-# Trace outputs quote at most this many failure messages of one step.
-_MAX_QUOTED_ERRORS = 3
-
-
-def _event(
-    state: LocateState, step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
-    error: str | None = None,
-) -> TraceEvent:
-    wall0, perf0 = state["clock"]
-    now = time.perf_counter()
-    return TraceEvent(
-        step=step,
-        started_at=wall0 + (started - perf0),
-        duration_s=round(now - started, 6),
-        inputs=inputs,
-        outputs=outputs,
-        error=error,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +149,7 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "max_new_tokens": config.vlm.max_new_tokens,
         "recipe": config.vlm.recipe,
         "hint": state.get("hint"),
+        "agent_mode": config.agent.mode,
     }
     if res.backend is None:
         outputs = {"skipped": "vlm.backend is 'none': answering from retrieval only"}
@@ -176,6 +163,14 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
             "failures": _reasoning_failures(prior),
             "events": [_event(state, "reason", started, inputs, outputs)],
         }
+    if config.agent.mode == "tools" and res.tools_fallback is None:
+        from geosleuth.agent.toolloop.node import tools_reason_update
+
+        update = await tools_reason_update(state, res, started, inputs, token_reporter(state, runtime))
+        if update is not None:
+            return update
+    fallback = [StepFailure(step="reason", error=fallback_note(res.tools_fallback))] if res.tools_fallback else []
+    inputs["agent_mode"] = "pipeline" if not fallback else f"pipeline (fallback from tools: {res.tools_fallback})"
     try:
         reasoning = await reason(
             state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint"),
@@ -190,38 +185,14 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         error = f"the VLM step failed ({type(exc).__name__}: {exc}); answered from retrieval only"
         return {
             "reasoning": None,
-            "failures": [StepFailure(step="reason", error=error)],
+            "failures": [*fallback, StepFailure(step="reason", error=error)],
             "events": [_event(state, "reason", started, inputs, {}, error=error)],
         }
     return {
         "reasoning": reasoning,
-        "failures": _reasoning_failures(reasoning),
+        "failures": [*fallback, *_reasoning_failures(reasoning)],
         "events": [_event(state, "reason", started, inputs, _reasoning_outputs(reasoning))],
     }
-
-
-def _reasoning_outputs(reasoning: ReasoningResult) -> dict[str, Any]:
-    return {
-        "hypotheses": [h.model_dump(mode="json") for h in reasoning.hypotheses],
-        "abstentions": [a.model_dump(mode="json") for a in reasoning.abstentions],
-        "failures": [f.model_dump(mode="json") for f in reasoning.failures],
-        "raw_replies": list(reasoning.raw_replies),
-        "prompts": [p.model_dump(mode="json", exclude={"rendered"}) for p in reasoning.prompts],
-    }
-
-
-def _reasoning_failures(reasoning: ReasoningResult) -> list[StepFailure]:
-    """One StepFailure summarising unusable VLM replies (none when every reply was usable)."""
-    failed = len(reasoning.failures)
-    if not failed:
-        return []
-    total = failed + len(reasoning.hypotheses)
-    quoted = "; ".join(dict.fromkeys(f.error for f in reasoning.failures[:_MAX_QUOTED_ERRORS]))
-    if reasoning.hypotheses:
-        error = f"{failed} of {total} VLM replies were unusable ({quoted})"
-    else:
-        error = f"no usable VLM answer: all {total} replies failed ({quoted}); answered from retrieval only"
-    return [StepFailure(step="reason", error=error)]
 
 
 async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[str, Any]:
@@ -242,6 +213,7 @@ async def verify_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         constraints=constraints,
         calibration=res.calibration,
         text=state.get("text"),
+        extra_candidates=state.get("proposed", []),
     )
     inputs = {
         "weights": weights_of(res.config.verify, res.calibration),

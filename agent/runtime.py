@@ -17,6 +17,7 @@ from geosleuth.config import Config, expand_path
 from geosleuth.geo import ReverseGeocoder
 
 if TYPE_CHECKING:
+    from geosleuth.agent.tools.registry import ToolRegistry
     from geosleuth.agent.tools.text_evidence import TextTools
     from geosleuth.index.encoders import ImageEncoder, LocationEncoder
     from geosleuth.index.gps_gallery import GPSGallery
@@ -46,6 +47,10 @@ class Resources:
     backend: VLMBackend | None = None
     calibration: Calibration | None = None  # None: verify.calibration, else the shipped default
     text_tools: TextTools | None = None  # OCR, language identification, gazetteer (text.ocr)
+    tool_registry: ToolRegistry | None = None  # the VLM's tools (agent.mode = tools)
+    # agent.mode = tools on a server that cannot call tools: why; the run uses the fixed pipeline
+    # (set once, by the preflight or the first photo: see geosleuth.agent.toolloop.fallback).
+    tools_fallback: str | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -89,9 +94,15 @@ class Resources:
             from geosleuth.agent.tools.text_evidence import TextTools
 
             text_tools = timed("text_tools", lambda: TextTools.from_config(config.text))
+        tool_registry = None
+        if config.agent.mode == "tools" and backend is not None:
+            from geosleuth.agent.toolloop.catalog import default_registry
+
+            tool_registry = default_registry()
         return cls(
             config=config,
             text_tools=text_tools,
+            tool_registry=tool_registry,
             image_encoder=image_encoder,
             location_encoder=location_encoder,
             gps_gallery=gps_gallery,

@@ -50,6 +50,7 @@ class LocateState(TypedDict, total=False):
     retrieval: RetrievalResult
     # reason
     reasoning: ReasoningResult | None
+    proposed: list[Candidate]  # agent.mode=tools: locations the VLM's tool calls proposed (fusion judges them)
     # verify
     ranked: list[Candidate]
     rejected: list[Candidate]
