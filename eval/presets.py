@@ -103,7 +103,14 @@ PRESETS: dict[str, Preset] = {
              'verify.candidate_sources=["vlm"]'),
             uses_vlm=True,
         ),
-        Preset("full", "system", "the configured pipeline as it is (defaults)", (), uses_vlm=True),
+        Preset("full", "system", "the configured pipeline as it is (defaults), in agent.mode=pipeline",
+               ("agent.mode=pipeline",), uses_vlm=True),
+        Preset(
+            "tools-agent", "system",
+            "the configuration with agent.mode=tools: the VLM calls tools in a bounded loop (agent.max_tool_calls, "
+            "max_tokens, max_seconds) and submits one answer; verification unchanged",
+            ("agent.mode=tools",), uses_vlm=True,
+        ),
         Preset(
             "no-retrieval", "ablation",
             "full without retrieval: no gallery neighbours or GPS candidates (neither shown to the VLM nor as "

@@ -133,13 +133,26 @@ class Geolocator:
     async def acheck_ready(self) -> None:
         """Preflight: load every model and index the configuration names (an in-process VLM's model
         loads here) and, when the VLM is a server, send it one real request. Raises
-        StageUnavailableError (what failed, the URL, how to start it) before any photo is run."""
+        StageUnavailableError (what failed, the URL, how to start it) before any photo is run. With
+        ``agent.mode = tools`` a server is also sent one tool call: one that cannot call tools makes
+        the run use the fixed pipeline (:attr:`tools_fallback` says why)."""
         pipeline = await self._apipeline()
         backend = pipeline.resources.backend
         if backend is not None and self._config.vlm.backend == "openai":
             from geosleuth.vlm.preflight import check_server_answers
 
             await check_server_answers(backend, self._config.vlm)
+        resources = pipeline.resources
+        if backend is not None and self._config.agent.mode == "tools" and resources.tools_fallback is None:
+            from geosleuth.agent.toolloop.fallback import probe_tool_support
+
+            resources.tools_fallback = await probe_tool_support(backend)
+
+    @property
+    def tools_fallback(self) -> str | None:
+        """``agent.mode = tools`` but the VLM server cannot call tools: why (the run uses the fixed
+        pipeline, and every answer says so); None otherwise. Known after :meth:`acheck_ready`."""
+        return self._resources.tools_fallback if self._resources is not None else None
 
     # -- one image ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from geosleuth.cli.common import (
     err_console,
     state,
     user_errors,
+    warn_if_tools_fell_back,
 )
 
 if TYPE_CHECKING:
@@ -252,6 +253,7 @@ def batch(
                 # Models load and the VLM server answers one request before the clock starts.
                 with err.status("loading models and checking the VLM ..."):
                     await geo.acheck_ready()
+                warn_if_tools_fell_back(geo, err)
                 with progress:
                     return await arun_batch(
                         batch_input.items, locate_one, out, resume=resume, overwrite=overwrite,

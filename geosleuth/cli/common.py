@@ -76,6 +76,14 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
+def warn_if_tools_fell_back(geo: Geolocator, console: Console) -> None:
+    """After the preflight: say once that agent.mode=tools runs as the fixed pipeline, and why."""
+    if geo.tools_fallback:
+        from geosleuth.agent.toolloop.fallback import fallback_note
+
+        console.print(Text.assemble(("warning: ", "bold yellow"), fallback_note(geo.tools_fallback)), highlight=False)
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     with user_errors():
         return fn()

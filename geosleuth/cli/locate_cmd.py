@@ -16,6 +16,7 @@ from geosleuth.cli.common import (
     EXIT_PARTIAL_FAILURE,
     err_console,
     user_errors,
+    warn_if_tools_fell_back,
 )
 from geosleuth.cli.display import exif_gps_of, failed_prediction, print_prediction
 from geosleuth.errors import GeosleuthError
@@ -84,6 +85,7 @@ def locate(
     async def run(geo: Geolocator) -> None:
         try:
             await geo.acheck_ready()
+            warn_if_tools_fell_back(geo, err)
             for image in images:
                 path = str(image)
                 try:
