@@ -63,6 +63,8 @@ class LoopContext:
     temperature: float
     clock: tuple[float, float]  # (unix time, perf_counter) of the run's start: event times
     report_tokens: Callable[[int, int], None] | None = None  # (tokens so far, budget): progress
+    # "required" (any tool, every turn) or a tool's name; "auto" would let a turn end without a call.
+    tool_choice: str = "required"
 
 
 def _event(ctx: LoopContext, step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
@@ -88,10 +90,10 @@ def _seconds_left(state: ToolLoopState, budget: Budget) -> float:
 
 
 def _tool_choice(state: ToolLoopState, ctx: LoopContext) -> str:
-    """"required" (every turn is a call), or ``submit`` when only one call is left."""
+    """``ctx.tool_choice`` ("required": every turn is a call), or ``submit`` when only one call is left."""
     if ctx.budget.max_tool_calls - state.get("tool_calls", 0) <= 1 and SUBMIT_TOOL in ctx.registry.names():
         return SUBMIT_TOOL
-    return "required"
+    return ctx.tool_choice
 
 
 async def model_turn(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict[str, Any]:
@@ -156,8 +158,8 @@ async def model_turn(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dic
 
 def _bad_call_message(call: ToolCall, registry: ToolRegistry) -> str:
     if not call.name:
-        return (f"your reply was not a tool call ({call.raw[:200]!r}); call one of {', '.join(registry.names())}, "
-                f"and {SUBMIT_TOOL} to answer")
+        return (f"your reply was not a tool call ({call.raw[:200]!r}); call one of the tools "
+                f"({', '.join(registry.names())}); {SUBMIT_TOOL} gives your answer")
     return f"{call.name}: the arguments are not a JSON object ({call.raw[:200]!r}); send them as one"
 
 

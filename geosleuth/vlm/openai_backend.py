@@ -223,6 +223,9 @@ class OpenAIBackend:
         if not isinstance(choices, list) or not choices:
             raise _RetryableError(f"the response has no choices (got {type(completion).__name__})")
         ordered = sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
+        # The server counts tokens for the whole response: exact per reply only when there is one.
+        usage = getattr(getattr(completion, "usage", None), "completion_tokens", None)
+        tokens = usage if isinstance(usage, int) and len(ordered) == 1 else None
         texts = []
         for choice in ordered:
             message = getattr(choice, "message", None)
@@ -234,6 +237,7 @@ class OpenAIBackend:
                     text=content if isinstance(content, str) else "",
                     # "tool_calls": the model ended its turn with calls (a complete reply)
                     finish_reason=finish_reason_of("stop" if finish == "tool_calls" else finish),
+                    tokens=tokens,
                     tool_calls=calls,
                 )
             )
