@@ -94,15 +94,9 @@ class Resources:
             from geosleuth.agent.tools.text_evidence import TextTools
 
             text_tools = timed("text_tools", lambda: TextTools.from_config(config.text))
-        tool_registry = None
-        if config.agent.mode == "tools" and backend is not None:
-            from geosleuth.agent.toolloop.catalog import default_registry
-
-            tool_registry = default_registry()
         return cls(
             config=config,
             text_tools=text_tools,
-            tool_registry=tool_registry,
             image_encoder=image_encoder,
             location_encoder=location_encoder,
             gps_gallery=gps_gallery,
@@ -115,6 +109,10 @@ class Resources:
     def __post_init__(self) -> None:
         if self.calibration is None:
             self.calibration = load_calibration(self.config.verify.calibration)
+        if self.tool_registry is None and self.config.agent.mode == "tools" and self.backend is not None:
+            from geosleuth.agent.tools.catalog import default_tools
+
+            self.tool_registry = default_tools(self)  # the tools this run's resources can serve
 
     def model_ids(self) -> dict[str, str]:
         """Role -> model/index id, as recorded in every trace."""
