@@ -271,7 +271,7 @@ def _tool_call(call: Any) -> ToolCall:
     function = getattr(call, "function", None)
     raw = str(getattr(function, "arguments", "") or "")
     try:
-        arguments = json.loads(raw)
+        arguments = json.loads(raw, strict=False)  # xgrammar may emit raw control characters inside strings
     except json.JSONDecodeError:
         arguments = None
     return ToolCall(

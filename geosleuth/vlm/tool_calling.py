@@ -34,23 +34,29 @@ def action_schema(tools: Sequence[ToolSpec], tool_choice: str = "auto") -> dict[
     chosen = [t for t in tools if t.name == tool_choice] or list(tools)
     if not chosen:
         raise ValueError("an action schema needs at least one tool")
-    options = [
-        {
+    definitions: dict[str, Any] = {}
+    options = []
+    for tool in chosen:
+        parameters = dict(tool.parameters)
+        # "#/$defs/..." references point at the document's root: the definitions move there.
+        for name, definition in parameters.pop("$defs", {}).items():
+            if definitions.setdefault(name, definition) != definition:
+                raise ValueError(f"two tools define {name!r} differently; rename one of the argument models")
+        options.append({
             "type": "object",
-            "properties": {"tool": {"const": t.name}, "arguments": t.parameters},
+            "properties": {"tool": {"const": tool.name}, "arguments": parameters},
             "required": ["tool", "arguments"],
             "additionalProperties": False,
-        }
-        for t in chosen
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+        })
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": definitions} if definitions else schema
 
 
 def parse_action(text: str, *, call_id: str = "") -> ToolCall:
     """The tool call an action reply asks for; ``arguments`` None when the text is not an action
     (the loop reports that to the model as a failed call)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # xgrammar may emit raw control characters inside strings
     except json.JSONDecodeError:
         return ToolCall(name="", arguments=None, raw=text, id=call_id)
     if not isinstance(value, dict) or not isinstance(value.get("tool"), str):
@@ -91,7 +97,4 @@ async def generate_tool_calls(backend: VLMBackend, request: VLMRequest) -> list[
         schema_name=ACTION_SCHEMA_NAME,
     )
     replies = as_replies(await backend.generate(constrained))
-    return [
-        replace(reply, tool_calls=(parse_action(reply.text, call_id=f"action-{i}"),))
-        for i, reply in enumerate(replies)
-    ]
+    return [replace(reply, tool_calls=(parse_action(reply.text),)) for reply in replies]
