@@ -1,7 +1,8 @@
 """The verify stage: pool every candidate location and score it under one evidence model.
 
 Candidate pool: gallery-neighbour coordinates, GPS-gallery candidates, VLM hypotheses, places named
-in the photo's text, and the centre of any "within N km of PLACE" user constraint. The scoring,
+in the photo's text, the centre of any "within N km of PLACE" user constraint, and locations the VLM's
+tool calls proposed (``extra_candidates``: judged, not counted as evidence). The scoring,
 clustering and per-cluster mass live in :mod:`geosleuth.agent.fusion` (read its docstring for the
 model); this module gathers the evidence into it:
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geosleuth.agent.fusion import candidate_key
 from geosleuth.agent.tools.registry import Tool, ToolContext, ToolError, ToolObservation
-from geosleuth.agent.verify import verify
+from geosleuth.agent.verify import verify, weights_of
 from geosleuth.types import Candidate, CandidateSource
 
 if TYPE_CHECKING:
@@ -113,19 +113,27 @@ class ScoreLocationTool(Tool):
         scored = next(c for c in result.ranked if candidate_key(c) == candidate_key(probe))
         others = [c for c in result.ranked if candidate_key(c) != candidate_key(probe)]
         cluster = result.evidence.clusters[scored.cluster] if scored.cluster is not None else None
-        per_source = ", ".join(f"{s} {v:.2f}" for s, v in scored.scores.items())
+        floors = result.evidence.floors if result.evidence is not None else {}
+        weights = weights_of(config, res.calibration)
+        per_source = ", ".join(
+            f"{s} {v:.2f} x weight {weights[s]:.2f}"
+            + (" (no evidence nearby)" if s in floors and v <= floors[s] + 1e-6 else "")
+            for s, v in scored.scores.items()
+        )
         parts = [
-            f"Evidence score at {point}: {scored.score:.2f} = log10 of the pooled evidence density there "
-            f"(per km^2; the weighted product of each source's density: {per_source})."
+            f"Evidence score at {point}: {scored.score:.2f}, the fusion's pooled log-density there: the sum over "
+            f"sources of weight x log10(the source's evidence density per km^2 within {config.refine_radius_km:g} "
+            f"km); higher means more evidence. Per source: {per_source}."
         ]
         data = {"lat": args.lat, "lon": args.lon, "inside": True, "score": scored.score, "scores": scored.scores,
+                "weights": {s: weights[s] for s in scored.scores}, "floors": floors,
                 "cluster_posterior": cluster.posterior if cluster is not None else None}
         if others:
             best = max(others, key=lambda c: c.score)
             parts.append(
                 f"The best-scoring candidate, ({best.lat:.4f}, {best.lon:.4f}) from {best.source.value}, scores "
-                f"{best.score:.2f}: this point is {scored.score - best.score:+.2f} orders of magnitude "
-                f"({10 ** (scored.score - best.score):.3g}x) as dense."
+                f"{best.score:.2f} (its own evidence item left out): this point is {scored.score - best.score:+.2f} "
+                f"orders of magnitude ({10 ** (scored.score - best.score):.3g}x) as dense."
             )
             data |= {"best": {"lat": best.lat, "lon": best.lon, "source": best.source.value, "score": best.score},
                      "log10_ratio_to_best": scored.score - best.score}
