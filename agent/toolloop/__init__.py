@@ -4,5 +4,6 @@
 - ``prompts.py``: the tools as the model sees them and the versioned ``geo_tools`` prompt;
 - ``graph.py``: the LangGraph subgraph (model turn ⇄ tool calls, ends on submit or a spent budget);
 - ``node.py``: the locate graph's reason step in tools mode: runs the loop for one photo and hands
-  verify what it found (the submitted answer as a VLM hypothesis, tool-proposed candidates).
+  verify what it found (the submitted answer as a VLM hypothesis, tool-proposed candidates);
+- ``fallback.py``: a server that cannot call tools, found once: the run uses the fixed pipeline.
 """
