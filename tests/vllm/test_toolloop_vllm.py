@@ -2,10 +2,14 @@
 
 One server started the way ``geosleuth vlm serve`` starts it for Qwen2.5-VL (``--enable-auto-tool-choice
 --tool-call-parser hermes``) runs one tool loop to its end; the session's server (no tool flags)
-shows the fallback: the preflight's tool probe finds the server cannot call tools. The weights are
-random: what must hold is the plumbing (tools sent, calls parsed, observations sent back, the
-forced ``submit`` ending the loop), held by vLLM's structured outputs for ``tool_choice`` "required"
-and a named tool.
+shows the fallback: the preflight's tool probe finds the server cannot call tools.
+
+The weights are random, and vLLM 0.32 with the hermes parser holds the *name* of a named tool choice
+but not its arguments to the tool's schema (measured: a named call comes back with arguments such as
+``"13312"``). So what must hold is the plumbing: the tools and the named choice reach the server, its
+``tool_calls`` are parsed, a call whose arguments are not an object is told to the model as a failed
+call (the server accepts the assistant tool-call turn and the tool result that follow), the last
+call is forced to ``submit``, and the loop ends at ``submit`` or its tool-call budget.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from geosleuth.agent.toolloop.fallback import probe_tool_support
 from geosleuth.agent.toolloop.graph import LoopContext, build_tool_loop
 from geosleuth.agent.toolloop.prompts import tool_specs
-from geosleuth.agent.toolloop.state import STOP_SUBMITTED, Budget
+from geosleuth.agent.toolloop.state import STOP_SUBMITTED, STOP_TOOL_CALLS, Budget
 from geosleuth.agent.tools.registry import Tool, ToolContext, ToolObservation, ToolRegistry
 from geosleuth.config import Config
 from geosleuth.types import Hypothesis, RetrievalResult
@@ -97,8 +101,8 @@ def test_one_tool_loop_completes_against_a_real_vllm_server(tool_server: str) ->
         backend=backend, registry=registry, tool_context=context, specs=tool_specs(registry),
         budget=Budget(max_tool_calls=2, max_tokens=2000, max_seconds=600), max_new_tokens=200, temperature=1.0,
         clock=(time.time(), time.perf_counter()),
-        # A named tool: vLLM 0.32 holds its arguments to the schema (structured outputs); with
-        # "required" and the hermes parser a random model writes unparseable <tool_call> text.
+        # A named tool: vLLM returns it as a parsed tool call (with "required" and the hermes parser a
+        # random model writes <tool_call> text that no parser reads).
         tool_choice="note",
     )
     start = {"messages": [ChatMessage("user", "Where was this photo taken? Use the tools.", [picture])],
@@ -113,15 +117,18 @@ def test_one_tool_loop_completes_against_a_real_vllm_server(tool_server: str) ->
     final = asyncio.run(run())
     model_turns = [e for e in final["events"] if e.step == "tool-loop:model"]
     calls = [e for e in final["events"] if e.step.startswith("tool:")]
-    assert all(e.error is None for e in model_turns), [e.error for e in model_turns]
-    # turn 1: the named tool; turn 2: submit, forced as the last call the budget allows
+    # both turns reached the server and came back as parsed calls of the named tool (the second
+    # request carried the first turn's tool call and its result: the server accepted that history)
+    assert [e.error for e in model_turns] == [None, None], [e.error for e in model_turns]
     assert [e.inputs["tool_choice"] for e in model_turns] == ["note", "submit"]
-    assert [e.error for e in calls] == [None, None]
+    assert [[c["name"] for c in e.outputs["tool_calls"]] for e in model_turns] == [["note"], ["submit"]]
     assert [e.step for e in calls] == ["tool:note", "tool:submit"]
-    for turn in model_turns:  # calls parsed from the server's tool_calls, arguments a JSON object
-        assert len(turn.outputs["tool_calls"]) >= 1 and turn.outputs["tool_calls"][0]["arguments"] is not None
+    for turn, call in zip(model_turns, calls, strict=True):
         assert turn.outputs["tokens_counted"] == "reported by the backend" and turn.outputs["tokens"] > 0
-    assert final["stop_reason"] == STOP_SUBMITTED and final["answer"] is not None
+        if turn.outputs["tool_calls"][0]["arguments"] is None:  # told to the model, not a crash
+            assert "not a JSON object" in (call.error or ""), call.error
+    assert final["stop_reason"] in (STOP_SUBMITTED, STOP_TOOL_CALLS)
+    assert (final.get("answer") is not None) == (final["stop_reason"] == STOP_SUBMITTED)
 
 
 def test_a_server_without_tool_flags_is_found_by_the_preflight_probe(vllm_server) -> None:
