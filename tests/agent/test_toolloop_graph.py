@@ -139,3 +139,26 @@ def test_a_server_without_tool_calls_falls_back_to_the_pipeline_once_and_says_so
         assert any("fell back to the fixed pipeline" in f.error for f in outcome.prediction.failures)
         reason = next(e for e in outcome.trace.events if e.step == "reason")
         assert reason.inputs["agent_mode"].startswith("pipeline (fallback from tools")
+
+
+def test_the_preflight_finds_a_server_without_tool_calls_before_any_photo(make_resources, base_config, photo) -> None:
+    from geosleuth.api import Geolocator
+
+    backend = ToolVLM([], answer={}, refuse_tools=True)
+    pipeline = _pipeline(make_resources, base_config, backend)
+    geo = Geolocator(pipeline.resources.config, resources=pipeline.resources)
+    assert geo.tools_fallback is None
+    geo.check_ready()
+    assert "--tool-call-parser" in (geo.tools_fallback or "")
+    assert [bool(r.tools) for r in backend.requests] == [True]  # one probe, no photo yet
+    geo.close()
+
+
+def test_tools_mode_with_a_tool_calling_backend_needs_no_fallback(make_resources, base_config) -> None:
+    from geosleuth.api import Geolocator
+
+    pipeline = _pipeline(make_resources, base_config, ToolVLM([_call("submit", *LISBON)]))
+    geo = Geolocator(pipeline.resources.config, resources=pipeline.resources)
+    geo.check_ready()
+    assert geo.tools_fallback is None
+    geo.close()
