@@ -4,10 +4,12 @@ calls with a ToolError naming the problem, and ``submit`` turns the answer schem
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jsonschema
 import pytest
+import xgrammar
 from PIL import Image
 
 from geosleuth.agent.tools.catalog import default_tools
@@ -59,6 +61,7 @@ def test_each_schema_is_valid_json_schema_that_accepts_a_correct_call_and_reject
     tool = default_tools(full_context.resources).get(name)
     schema = tool.parameters_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
+    xgrammar.Grammar.from_json_schema(json.dumps(schema))  # constrained decoding (in-process backend) takes it
     assert schema["type"] == "object"  # tool-calling APIs need an object at the top
     good, bad = CALLS[name]
     jsonschema.validate(good, schema)
