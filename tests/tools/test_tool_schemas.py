@@ -70,6 +70,16 @@ def test_each_schema_is_valid_json_schema_that_accepts_a_correct_call_and_reject
     assert tool.description and len(tool.description) < 300
 
 
+def test_every_correct_call_gives_short_text_and_json_data_for_the_trace(full_context) -> None:
+    registry = default_tools(full_context.resources)
+    for name, (good, _) in CALLS.items():
+        observation = registry.call(name, good, full_context)
+        assert 0 < len(observation.text) <= 2000, name
+        json.dumps(observation.data, allow_nan=False)  # the trace stores it as strict JSON
+        assert (observation.answer is not None) == (name == "submit")
+        assert bool(observation.images) == (name == "zoom")
+
+
 @pytest.mark.parametrize("name", list(CALLS))
 def test_the_registry_rejects_the_wrong_call_with_a_tool_error(full_context, name: str) -> None:
     registry = default_tools(full_context.resources)
