@@ -110,10 +110,11 @@ class ScoreLocationTool(Tool):
                 text=f"{point} lies outside the user's constraint ({'; '.join(c.label for c in context.constraints)})"
                 ": the fusion gives it no weight.", data={"lat": args.lat, "lon": args.lon, "inside": False},
             )
+        assert result.evidence is not None  # the pool holds the probe
         scored = next(c for c in result.ranked if candidate_key(c) == candidate_key(probe))
         others = [c for c in result.ranked if candidate_key(c) != candidate_key(probe)]
         cluster = result.evidence.clusters[scored.cluster] if scored.cluster is not None else None
-        floors = result.evidence.floors if result.evidence is not None else {}
+        floors = result.evidence.floors
         weights = weights_of(config, res.calibration)
         per_source = ", ".join(
             f"{s} {v:.2f} x weight {weights[s]:.2f}"

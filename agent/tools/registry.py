@@ -50,7 +50,7 @@ class ToolContext:
     coordinates the model was shown, for echo detection), ``hypotheses`` any VLM answers so far.
     """
 
-    image: Image.Image
+    image: Image.Image  # as perceive loaded it (downscaled to vlm.max_image_pixels)
     embeddings: ImageEmbeddings
     retrieval: RetrievalResult
     resources: Resources
@@ -63,6 +63,8 @@ class ToolContext:
     exclude_authors: tuple[str, ...] = ()
     # The loop's prompt template and model, recorded on the submitted answer (None: "tool_loop", no hash).
     origin: AnswerOrigin | None = None
+    # The photo's file: zoom and read_text then crop the full-resolution original (None: crop ``image``).
+    image_path: str | None = None
 
 
 @dataclass(frozen=True)

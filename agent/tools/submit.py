@@ -53,7 +53,7 @@ class SubmitTool(Tool):
         )
         shown = [ShownCoordinate(f"tool candidate {c.source.value}:{c.source_ref}", c.lat, c.lon)
                  for c in context.candidates]
-        raw = answer.model_dump_json()
+        raw = answer.model_dump_json()  # the answer as validated; the loop keeps the model's own replies
         result = answer_result(answer, raw, origin, res.geocoder, shown)
         if isinstance(result, Abstention):
             text = f"Submitted: cannot tell ({result.reason})."

@@ -11,11 +11,24 @@ from geosleuth.agent.tools.arguments import Box
 from geosleuth.agent.tools.registry import Tool, ToolContext, ToolError, ToolObservation
 from geosleuth.agent.tools.text_evidence import read_text_evidence
 from geosleuth.agent.verify import candidate_pool
+from geosleuth.errors import ImageLoadError
+from geosleuth.imageio import load_image
 from geosleuth.types import RetrievalResult
 
 # At most this many lines / places are quoted back to the model (the trace data keeps them all).
 MAX_LINES_SHOWN = 12
 MAX_PLACES_SHOWN = 5
+
+
+def source_image(context: ToolContext) -> Image.Image:
+    """The photo at the best resolution there is: the original file when the context names it (a box of
+    a big photo holds detail the downscaled copy lost), else the image perceive loaded."""
+    if context.image_path is None:
+        return context.image
+    try:
+        return load_image(context.image_path).image
+    except ImageLoadError as exc:
+        raise ToolError(f"cannot reload the photo at full resolution: {exc}") from None
 
 
 def fit_to_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -42,14 +55,15 @@ class ZoomTool(Tool):
 
     def run(self, args: BaseModel, context: ToolContext) -> ToolObservation:
         assert isinstance(args, ZoomArguments)
-        left, top, right, bottom = args.box.pixels(context.image.size)
-        crop = context.image.crop((left, top, right, bottom))
+        photo = source_image(context)
+        left, top, right, bottom = args.box.pixels(photo.size)
+        crop = photo.crop((left, top, right, bottom))
         enlarged = fit_to_pixels(crop, context.resources.config.vlm.max_image_pixels)
         factor = enlarged.width / crop.width
-        width, height = context.image.size
         text = (
             f"Zoomed into box {args.box.describe()}: pixels ({left}, {top})-({right}, {bottom}) of the "
-            f"{width}x{height} photo, enlarged {factor:.2f}x to {enlarged.width}x{enlarged.height}. The crop follows."
+            f"{photo.width}x{photo.height} photo, scaled {factor:.2f}x to {enlarged.width}x{enlarged.height}. "
+            "The crop follows."
         )
         data = {"box": args.box.model_dump(), "pixels": [left, top, right, bottom],
                 "size": [enlarged.width, enlarged.height], "scale": round(factor, 4)}
@@ -63,6 +77,9 @@ class ReadTextArguments(BaseModel):
 
 
 class ReadTextTool(Tool):
+    """The whole photo is read as perceive read it (the pipeline's own text evidence, at the VLM's image
+    size); a box is read in the full-resolution original when the context names its file."""
+
     name = "read_text"
     description = (
         "Read the text in the photo (or in a box of it) with OCR: the lines read, their language, and the "
@@ -75,8 +92,9 @@ class ReadTextTool(Tool):
         tools = context.resources.text_tools
         if tools is None:
             raise ToolError("read_text is unavailable: OCR is off in this run (turn it on with text.ocr = true)")
-        box = args.box.pixels(context.image.size) if args.box is not None else None
-        evidence = read_text_evidence(context.image, tools, box)
+        photo = source_image(context) if args.box is not None else context.image
+        box = args.box.pixels(photo.size) if args.box is not None else None
+        evidence = read_text_evidence(photo, tools, box)
         where = f"box {args.box.describe()}" if args.box is not None else "the whole photo"
         candidates = tuple(candidate_pool(RetrievalResult(), [], text=evidence))
         data = {"box": args.box.model_dump() if args.box is not None else None,

@@ -4,10 +4,12 @@ calls with a ToolError naming the problem, and ``submit`` turns the answer schem
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jsonschema
 import pytest
+import xgrammar
 from PIL import Image
 
 from geosleuth.agent.tools.catalog import default_tools
@@ -59,12 +61,23 @@ def test_each_schema_is_valid_json_schema_that_accepts_a_correct_call_and_reject
     tool = default_tools(full_context.resources).get(name)
     schema = tool.parameters_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
+    xgrammar.Grammar.from_json_schema(json.dumps(schema))  # constrained decoding (in-process backend) takes it
     assert schema["type"] == "object"  # tool-calling APIs need an object at the top
     good, bad = CALLS[name]
     jsonschema.validate(good, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     assert tool.description and len(tool.description) < 300
+
+
+def test_every_correct_call_gives_short_text_and_json_data_for_the_trace(full_context) -> None:
+    registry = default_tools(full_context.resources)
+    for name, (good, _) in CALLS.items():
+        observation = registry.call(name, good, full_context)
+        assert 0 < len(observation.text) <= 2000, name
+        json.dumps(observation.data, allow_nan=False)  # the trace stores it as strict JSON
+        assert (observation.answer is not None) == (name == "submit")
+        assert bool(observation.images) == (name == "zoom")
 
 
 @pytest.mark.parametrize("name", list(CALLS))

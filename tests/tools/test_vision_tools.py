@@ -36,6 +36,25 @@ def test_zoom_crops_the_box_and_enlarges_it_to_the_vlm_image_size(make_context) 
     assert observation.candidates == () and observation.answer is None
 
 
+def test_zoom_crops_the_full_resolution_original_when_the_file_is_known(make_context, tmp_path) -> None:
+    import dataclasses
+
+    original = quadrants().resize((800, 400), Image.Resampling.NEAREST)
+    original.paste((0, 0, 0), (600, 300, 602, 304))  # a 2x4 pixel mark in the white quarter
+    original.save(tmp_path / "photo.png")
+    downscaled = make_context(original.resize((200, 100), Image.Resampling.LANCZOS))
+    context = dataclasses.replace(downscaled, image_path=str(tmp_path / "photo.png"))
+    box = {"box": {"x0": 0.7, "y0": 0.7, "x1": 0.8, "y1": 0.8}}
+    registry = default_tools(context.resources)
+    observation = registry.call("zoom", box, context)
+    assert "pixels (560, 280)-(640, 320) of the 800x400 photo" in observation.text
+    assert np.asarray(observation.images[0]).min() < 30  # the mark is there, enlarged
+    assert np.asarray(registry.call("zoom", box, downscaled).images[0]).min() > 60  # the copy blurred it to grey
+    missing = dataclasses.replace(context, image_path=str(tmp_path / "gone.png"))
+    with pytest.raises(ToolError, match="cannot reload the photo at full resolution.*gone.png"):
+        registry.call("zoom", box, missing)
+
+
 def test_zoom_rejects_an_empty_box_and_one_too_small_to_see(make_context) -> None:
     context = make_context(quadrants())
     registry = default_tools(context.resources)
