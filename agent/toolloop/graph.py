@@ -213,6 +213,7 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
         }))
         messages.append(ChatMessage("tool", observation.text[:MAX_OBSERVATION_CHARS], tool_call_id=call.id))
         if observation.images:  # tool messages carry text only: pictures follow as the user's turn
+            messages = _without_tool_pictures(messages)
             messages.append(ChatMessage("user", f"The pictures from {call.name}:", list(observation.images)))
         candidates += observation.candidates
         if observation.answer is not None:
@@ -220,6 +221,17 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
             break
     return {**update, "messages": messages, "pending": [], "tool_calls": calls_made, "candidates": candidates,
             "events": events}
+
+
+def _without_tool_pictures(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The conversation with earlier tools' pictures replaced by a note: the model sees the photo and
+    the latest tool pictures only (servers cap images per prompt: `vlm serve` allows 2 with tools)."""
+    out = messages[:1]
+    for message in messages[1:]:
+        if message.images and message.role == "user":
+            message = ChatMessage("user", f"{message.text} (no longer shown: only the latest pictures are kept)")
+        out.append(message)
+    return out
 
 
 def _after_model(state: ToolLoopState) -> str:

@@ -57,7 +57,8 @@ def serve(
         port=config.serve.port if port is None else port,
         served_model_name=served,
         max_model_len=config.serve.max_model_len,
-        images_per_prompt=config.serve.images_per_prompt,
+        # With tools the model sees the photo and the latest zoom (agent/toolloop keeps two pictures).
+        images_per_prompt=max(config.serve.images_per_prompt, 2) if parser else config.serve.images_per_prompt,
         max_pixels=config.vlm.max_image_pixels if _is_qwen_vl(served) else None,
         dtype=config.vlm.dtype,
         extra_args=config.serve.extra_args,

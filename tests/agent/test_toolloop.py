@@ -135,7 +135,8 @@ def run_loop(backend: Any, *, tools: Sequence[Tool] = (), max_tool_calls: int = 
         budget=Budget(max_tool_calls, max_tokens, max_seconds), max_new_tokens=max_new_tokens, temperature=0.0,
         clock=(time.time(), time.perf_counter()),
     )
-    start = {"messages": [ChatMessage("user", "where?")], "started": time.perf_counter(), "tool_calls": 0,
+    start = {"messages": [ChatMessage("user", "where?", [Image.new("RGB", (32, 24))])],
+             "started": time.perf_counter(), "tool_calls": 0,
              "tokens": 0, "turns": 0, "candidates": []}
     return asyncio.run(build_tool_loop().ainvoke(start, context=ctx, config={"recursion_limit": 100}))
 
@@ -296,3 +297,22 @@ def test_the_action_schema_holds_each_tool_to_its_own_arguments() -> None:
             jsonschema.validate(bad, schema)
     only_submit = action_schema(tool_specs(registry), "submit")
     assert only_submit["properties"]["tool"] == {"const": "submit"}
+
+
+class PictureTool(Tool):
+    name = "picture"
+    description = "returns a picture"
+    arguments = PointArgs
+
+    def run(self, args: BaseModel, context: ToolContext) -> ToolObservation:
+        return ToolObservation(text="a crop", images=(Image.new("RGB", (8, 8)),))
+
+
+def test_the_model_sees_the_photo_and_only_the_latest_tool_pictures() -> None:
+    backend = ScriptedToolVLM([reply(call("picture", {"lat": 1.0, "lon": 2.0}))])
+    run_loop(backend, tools=[PictureTool()], max_tool_calls=4)
+    last = backend.requests[-1].messages
+    assert [len(m.images) for m in last if m.images] == [1, 1]  # the photo (first turn) and the latest crop
+    assert last[0].text == "where?" and last[0].images
+    dropped = [m for m in last if "no longer shown" in m.text]
+    assert len(dropped) == 2
