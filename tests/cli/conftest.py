@@ -159,6 +159,7 @@ class FakeGeolocator:
         self.closed = False
         self.preflight_error: Exception | None = None  # what acheck_ready raises (a server that is down)
         self.preflights = 0
+        self.tools_fallback: str | None = None  # set: agent.mode=tools runs as the fixed pipeline (why)
         self.vlm_down_for: set[str] = set()  # file names answered without the VLM (degraded)
         self.in_flight = 0
         self.max_in_flight = 0

@@ -70,3 +70,13 @@ def test_tools_mode_runs_schema_valid_actions_with_the_in_process_model(
         assert prediction.missing_stages == [] and (reason.outputs["hypotheses"] or reason.outputs["abstentions"])
     else:  # never passed off as the VLM's answer
         assert prediction.status.value == "degraded" and prediction.missing_stages == ["vlm"]
+
+
+def test_locate_and_batch_warn_once_when_tools_mode_fell_back(fake_geo, folder: Path, tmp_path: Path) -> None:
+    fake_geo.tools_fallback = "HTTP 400: tool_choice requires --tool-call-parser"
+    located = runner.invoke(app, ["locate", str(folder / "porto.jpg")])
+    assert located.exit_code == 0, located.output
+    assert located.stderr.count("warning: agent.mode=tools fell back to the fixed pipeline") == 1
+    assert "--tool-call-parser" in located.stderr
+    batch = runner.invoke(app, ["batch", str(folder / "sub"), "--out", str(tmp_path / "r.jsonl")])
+    assert batch.stderr.count("fell back to the fixed pipeline") == 1, batch.output
