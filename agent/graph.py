@@ -163,15 +163,17 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
             "failures": _reasoning_failures(prior),
             "events": [_event(state, "reason", started, inputs, outputs)],
         }
-    if config.agent.mode == "tools" and res.tools_fallback is None:
-        from geosleuth.agent.toolloop.node import tools_reason_update
-
-        update = await tools_reason_update(state, res, started, inputs, token_reporter(state, runtime))
-        if update is not None:
-            return update
-    fallback = [StepFailure(step="reason", error=fallback_note(res.tools_fallback))] if res.tools_fallback else []
-    inputs["agent_mode"] = "pipeline" if not fallback else f"pipeline (fallback from tools: {res.tools_fallback})"
+    fallback: list[StepFailure] = []
     try:
+        if config.agent.mode == "tools" and res.tools_fallback is None:
+            from geosleuth.agent.toolloop.node import tools_reason_update
+
+            update = await tools_reason_update(state, res, started, inputs, token_reporter(state, runtime))
+            if update is not None:
+                return update
+        if res.tools_fallback:  # agent.mode = tools on a server that cannot call tools (found once)
+            fallback = [StepFailure(step="reason", error=fallback_note(res.tools_fallback))]
+            inputs["agent_mode"] = f"pipeline (fallback from tools: {res.tools_fallback})"
         reasoning = await reason(
             state["image"], state["retrieval"], res.backend, config, res.geocoder, hint=state.get("hint"),
             on_tokens=token_reporter(state, runtime),

@@ -10,7 +10,14 @@ finds out at its first photo, the same way.
 
 from __future__ import annotations
 
-from geosleuth.vlm.backends import ChatMessage, ToolSpec, ToolsUnsupportedError, VLMBackend, VLMRequest
+from geosleuth.vlm.backends import (
+    ChatMessage,
+    ToolSpec,
+    ToolsUnsupportedError,
+    VLMBackend,
+    VLMRequest,
+    VLMRequestError,
+)
 from geosleuth.vlm.tool_calling import supports_native_tools
 
 
@@ -39,4 +46,6 @@ async def probe_tool_support(backend: VLMBackend) -> str | None:
         await backend.generate(request)
     except ToolsUnsupportedError as exc:
         return str(exc)
+    except VLMRequestError as exc:  # the server answered the preflight, but not a tool call
+        return f"a test tool call failed: {exc}"
     return None

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.answers import AnswerOrigin
 from geosleuth.agent.step_events import reasoning_failures, reasoning_outputs, step_event
 from geosleuth.agent.toolloop.graph import LoopContext, build_tool_loop
 from geosleuth.agent.toolloop.prompts import load_loop_template, opening_messages, tool_specs
 from geosleuth.agent.toolloop.state import STOP_SUBMITTED, STOP_VLM_ERROR, Budget
 from geosleuth.agent.tools.registry import ToolContext, ToolRegistry
+from geosleuth.agent.tools.submit import TOOL_VARIANT
 from geosleuth.types import (
     Abstention,
     Candidate,
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
     from geosleuth.agent.runtime import Resources
     from geosleuth.agent.state import LocateState
 
-TOOL_VARIANT = "tools"
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,6 @@ class ToolLoopOutcome:
     proposed: list[Candidate]
     events: list[TraceEvent]
     summary: dict[str, Any]
-
-
-def _origin(template_id: str, template_hash: str, model: str) -> Any:
-    from geosleuth.agent.answers import AnswerOrigin
-
-    return AnswerOrigin(template_id=template_id, template_hash=template_hash, variant=TOOL_VARIANT, model=model)
 
 
 async def run_tool_loop(
@@ -87,7 +82,8 @@ async def run_tool_loop(
         constraints=tuple(state.get("constraints", [])),
         exclude_ids=tuple(state.get("exclude_ids", [])),
         exclude_authors=tuple(state.get("exclude_authors", [])),
-        origin=_origin(template.id, template.sha256, backend.model_id),
+        origin=AnswerOrigin(template_id=template.id, template_hash=template.sha256, variant=TOOL_VARIANT,
+                            model=backend.model_id),
     )
     ctx = LoopContext(
         backend=backend, registry=registry, tool_context=tool_context, specs=specs, budget=budget,
