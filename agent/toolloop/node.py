@@ -39,6 +39,7 @@ from geosleuth.vlm.tool_calling import supports_native_tools
 if TYPE_CHECKING:
     from geosleuth.agent.runtime import Resources
     from geosleuth.agent.state import LocateState
+    from geosleuth.prompts.render import PromptTemplate
 
 
 
@@ -51,6 +52,7 @@ class ToolLoopOutcome:
     proposed: list[Candidate]
     events: list[TraceEvent]
     summary: dict[str, Any]
+    template: PromptTemplate  # the loop's prompt (geo_tools), recorded with its version
 
 
 async def run_tool_loop(
@@ -100,7 +102,9 @@ async def run_tool_loop(
     return _outcome(final, template, backend.model_id, messages[0].text, time.perf_counter() - started)
 
 
-def _outcome(final: dict[str, Any], template: Any, model: str, prompt: str, seconds: float) -> ToolLoopOutcome:
+def _outcome(
+    final: dict[str, Any], template: PromptTemplate, model: str, prompt: str, seconds: float
+) -> ToolLoopOutcome:
     answer = final.get("answer")
     stop = final.get("stop_reason") or "ended"
     raw = list(final.get("raw_replies", []))
@@ -130,7 +134,7 @@ def _outcome(final: dict[str, Any], template: Any, model: str, prompt: str, seco
     }
     return ToolLoopOutcome(
         reasoning=reasoning, proposed=list(final.get("candidates", [])), events=list(final.get("events", [])),
-        summary=summary,
+        summary=summary, template=template,
     )
 
 
@@ -152,8 +156,9 @@ async def tools_reason_update(
     outputs = {"agent_mode": "tools", "loop": outcome.summary, **reasoning_outputs(reasoning)}
     error = None if reasoning.hypotheses or reasoning.abstentions else reasoning.failures[0].error
     budget = res.config.agent
-    inputs = {**inputs, "agent_mode": "tools", "template": load_loop_template().id, "tools": registry.names(),
-              "max_tool_calls": budget.max_tool_calls, "max_tokens": budget.max_tokens,
+    template = outcome.template
+    inputs = {**inputs, "agent_mode": "tools", "template": template.id, "template_version": template.version,
+              "tools": registry.names(), "max_tool_calls": budget.max_tool_calls, "max_tokens": budget.max_tokens,
               "max_seconds": budget.max_seconds}
     reason_event = step_event(state, "reason", started, inputs, outputs, error=error)
     return {
