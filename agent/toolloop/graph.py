@@ -74,11 +74,12 @@ def _event(ctx: LoopContext, step: str, started: float, inputs: dict[str, Any], 
                       duration_s=round(time.perf_counter() - started, 6), inputs=inputs, outputs=outputs, error=error)
 
 
-def spent_budget(state: ToolLoopState, budget: Budget) -> str | None:
-    """The budget that is spent, if any (tool calls, then tokens, then wall time)."""
+def spent_budget(state: ToolLoopState, budget: Budget, *, tokens: bool = True) -> str | None:
+    """The budget that is spent, if any (tool calls, then tokens, then wall time). ``tokens=False``
+    before running a call: its tokens are already generated, running it costs none."""
     if state.get("tool_calls", 0) >= budget.max_tool_calls:
         return STOP_TOOL_CALLS
-    if state.get("tokens", 0) >= budget.max_tokens:
+    if tokens and state.get("tokens", 0) >= budget.max_tokens:
         return STOP_TOKENS
     if time.perf_counter() - state["started"] >= budget.max_seconds:
         return STOP_SECONDS
@@ -171,7 +172,7 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
     events: list[TraceEvent] = []
     update: dict[str, Any] = {}
     for call in state.get("pending", []):
-        stop = spent_budget({**state, "tool_calls": calls_made}, ctx.budget)
+        stop = spent_budget({**state, "tool_calls": calls_made}, ctx.budget, tokens=False)
         if stop is not None:
             update["stop_reason"] = stop
             break

@@ -169,6 +169,13 @@ def test_the_loop_stops_when_the_token_budget_is_spent() -> None:
     assert [r.max_tokens for r in backend.requests] == [64, 60, 20]
 
 
+def test_a_call_whose_tokens_spend_the_budget_still_runs() -> None:
+    backend = ScriptedToolVLM([reply(call("look", {"lat": 1.0, "lon": 2.0}), tokens=60),
+                               reply(call("submit", {"lat": 3.0, "lon": 4.0}), tokens=40)])
+    final = run_loop(backend, max_tokens=100, max_new_tokens=64)
+    assert final["stop_reason"] == STOP_SUBMITTED and final["tokens"] == 100
+
+
 def test_a_backend_that_does_not_count_tokens_is_charged_each_turns_limit() -> None:
     backend = ScriptedToolVLM([reply(call("look", {"lat": 1.0, "lon": 2.0}), tokens=None)])
     final = run_loop(backend, max_tokens=100, max_new_tokens=50)
