@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from geosleuth.cli import common
-from geosleuth.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err_console, user_errors
+from geosleuth.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err_console, user_errors, warn_if_tools_fell_back
 from geosleuth.cli.display import exif_gps_of, print_prediction
 from geosleuth.errors import GeosleuthError
 
@@ -45,6 +45,7 @@ def chat(
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(geo.acheck_ready())  # preflight: a VLM server answers one request first
+            warn_if_tools_fell_back(geo, err_console())
             _chat_loop(loop, geo, image, resume_id)
         except KeyboardInterrupt:
             err_console().print("[yellow]interrupted[/]")
