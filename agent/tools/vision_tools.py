@@ -77,8 +77,9 @@ class ReadTextArguments(BaseModel):
 
 
 class ReadTextTool(Tool):
-    """The whole photo is read as perceive read it (the pipeline's own text evidence, at the VLM's image
-    size); a box is read in the full-resolution original when the context names its file."""
+    """The whole photo is read as perceive read it (its text evidence when the context has it, else the
+    same reading of the same image); a box is read in the full-resolution original when the context names
+    its file."""
 
     name = "read_text"
     description = (
@@ -92,9 +93,11 @@ class ReadTextTool(Tool):
         tools = context.resources.text_tools
         if tools is None:
             raise ToolError("read_text is unavailable: OCR is off in this run (turn it on with text.ocr = true)")
-        photo = source_image(context) if args.box is not None else context.image
-        box = args.box.pixels(photo.size) if args.box is not None else None
-        evidence = read_text_evidence(photo, tools, box)
+        if args.box is None and context.text is not None:
+            evidence = context.text  # perceive already read the whole photo: the same reading, not a second one
+        else:
+            photo = source_image(context) if args.box is not None else context.image
+            evidence = read_text_evidence(photo, tools, args.box.pixels(photo.size) if args.box is not None else None)
         where = f"box {args.box.describe()}" if args.box is not None else "the whole photo"
         candidates = tuple(candidate_pool(RetrievalResult(), [], text=evidence))
         data = {"box": args.box.model_dump() if args.box is not None else None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,8 +39,6 @@ def test_zoom_crops_the_box_and_enlarges_it_to_the_vlm_image_size(make_context) 
 
 
 def test_zoom_crops_the_full_resolution_original_when_the_file_is_known(make_context, tmp_path) -> None:
-    import dataclasses
-
     original = quadrants().resize((800, 400), Image.Resampling.NEAREST)
     original.paste((0, 0, 0), (600, 300, 602, 304))  # a 2x4 pixel mark in the white quarter
     original.save(tmp_path / "photo.png")
@@ -93,6 +93,10 @@ def test_read_text_of_the_whole_photo_gives_the_pipelines_text_candidates(make_c
     ]
     assert observation.candidates and observation.candidates[0].source_ref == "geonames-2867714"  # Munich
     assert "Language guess: de" in observation.text
+    # With perceive's reading in the context, the tool returns that reading instead of reading again.
+    read_before = dataclasses.replace(context, text=read_text_evidence(render_sign("Lisboa"), text_tools))
+    again = default_tools(context.resources).call("read_text", {}, read_before)
+    assert [c.source_ref for c in again.candidates] == ["geonames-2267057"]
 
 
 def test_read_text_without_a_place_or_without_text_proposes_nothing(make_context, text_tools, render_sign) -> None:
