@@ -1,7 +1,8 @@
 """Retrieval infrastructure: image and location encoders, the GPS gallery, the image-gallery store.
 
 Owns the encoder Protocols and their registry (``encoders``), GeoCLIP's GPS gallery and its cached
-embeddings (``gps_gallery``), the FAISS gallery store and its ``ImageGallery`` Protocol (``store``),
+embeddings (``gps_gallery``), the FAISS gallery store and its ``ImageGallery`` Protocol (``store``;
+its manifest ``manifest``, FAISS index types ``faiss_index``, metadata tables ``gallery_metadata``),
 and building stores from photo folders, tables or precomputed embeddings (``build``, ``sources``;
 ``build_ray`` is the Ray engine of the same build). May import only the shared core of ``geosleuth``
 (types, geo, config, errors, file and image I/O, models, devices, ray_session); never

@@ -33,8 +33,8 @@ import numpy as np
 
 from geosleuth.errors import GalleryIndexError, ImageLoadError
 from geosleuth.fileio import atomic_write_json, atomic_writer
-from geosleuth.index.sources import EmbeddingsSource, GallerySource, metadata_records
-from geosleuth.index.store import (
+from geosleuth.index.faiss_index import IndexSpec, create_index
+from geosleuth.index.manifest import (
     BUILD_DIR,
     INDEX_FILE,
     MANIFEST_FILE,
@@ -43,10 +43,9 @@ from geosleuth.index.store import (
     BuildFailure,
     EncoderIdentity,
     EncoderRecord,
-    IndexSpec,
     StoreManifest,
-    create_index,
 )
+from geosleuth.index.sources import EmbeddingsSource, GallerySource, metadata_records
 
 if TYPE_CHECKING:
     import pandas as pd
