@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.trace.io import trace_file_name
 from geosleuth.config import Config, load_config
 from geosleuth.errors import ConfigError, DataFileError, DegradedResultsError
 from geosleuth.fileio import atomic_write_text
@@ -53,7 +54,6 @@ from .run_folder import (
     TRACES_DIR,
     check_run_folder,
     list_unusable_images,
-    trace_file_name,
     write_json_atomic,
 )
 

@@ -6,9 +6,7 @@ settings (:data:`IDENTITY_KEYS`); resuming with other settings is refused rather
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,15 +25,6 @@ TRACES_DIR = "traces"
 # there were made with them.
 IDENTITY_KEYS = ("dataset", "truth_file", "preset", "config_hash", "exclude_same_author")
 _MAX_LISTED_MISSING = 20
-
-
-def trace_file_name(image_id: str) -> str:
-    """A file name for an image id (``sub/a.jpg`` -> ``sub_a.jpg-<hash>.json``); distinct ids never
-    share one, because a hash is added whenever the id had to be changed."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
-    if safe != image_id:
-        safe = f"{safe[:100]}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
-    return f"{safe}.json"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from geosleuth.agent.trace.io import trace_file_name
 from geosleuth.config import Config
 from geosleuth.errors import DataFileError
 from geosleuth.eval.run import run_evaluation
-from geosleuth.eval.run_folder import MISSING_IMAGES_FILE, PREDICTIONS_FILE, TRACES_DIR, trace_file_name
+from geosleuth.eval.run_folder import MISSING_IMAGES_FILE, PREDICTIONS_FILE, TRACES_DIR
 
 MISSING_ID = "images/XX/not_there.jpg"
 CORRUPT_ID = "images/XX/corrupt.jpg"
