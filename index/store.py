@@ -10,7 +10,6 @@ Layout of a store folder::
                       ``failures(source, reason)`` (images that could not be used, and why)
     build/            the resumable build's work area (see :mod:`geosleuth.index.build`)
 
-
 Similarity is the inner product of L2-normalised embeddings (cosine); the index types (``flat``,
 ``ivfsq``, ``ivfpq``, ``hnsw-sq``) are described in :mod:`geosleuth.index.faiss_index`, the
 manifest in :mod:`geosleuth.index.manifest`, the metadata tables in
