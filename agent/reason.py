@@ -26,8 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geosleuth.agent.answers import (  # noqa: F401 - ECHO_RADIUS_KM, echo_of: re-exported
+    ECHO_RADIUS_KM,
+    AnswerOrigin,
+    ShownCoordinate,
+    answer_result,
+    echo_of,
+)
 from geosleuth.errors import ConfigError
-from geosleuth.geo import haversine_km
 from geosleuth.prompts.render import PromptTemplate, load_template, render
 from geosleuth.prompts.schema import (
     SCHEMA_NAME,
@@ -39,7 +45,6 @@ from geosleuth.prompts.schema import (
 )
 from geosleuth.types import (
     Abstention,
-    Clue,
     GalleryNeighbor,
     GPSCandidate,
     Hypothesis,
@@ -58,9 +63,6 @@ if TYPE_CHECKING:
     from geosleuth.geo import ReverseGeocoder
 
 REPAIR_TEMPLATE_ID = "answer_repair"
-# An answer this close to a coordinate shown in its own prompt repeats it (GeoCLIP's GPS gallery
-# points are about 60 km apart on average, a city is ~10-20 km across).
-ECHO_RADIUS_KM = 5.0
 # A bad reply is quoted back in the repair turn; a runaway one is cut so the repair still fits.
 MAX_ECHOED_REPLY_CHARS = 4000
 
@@ -124,13 +126,6 @@ def _clean(text: str | None) -> str | None:
     return text or None
 
 
-@dataclass(frozen=True)
-class ShownCoordinate:
-    label: str  # e.g. "neighbor 2", "gps candidate 1"
-    lat: float
-    lon: float
-
-
 def shown_coordinates(variant: PromptVariant, retrieval: RetrievalResult) -> list[ShownCoordinate]:
     """The coordinates a variant's prompt shows (similar and dissimilar neighbours, GPS candidates)."""
     shown = [ShownCoordinate(f"neighbor {i + 1}", n.lat, n.lon)
@@ -140,18 +135,6 @@ def shown_coordinates(variant: PromptVariant, retrieval: RetrievalResult) -> lis
     shown += [ShownCoordinate(f"gps candidate {i + 1}", g.lat, g.lon)
               for i, g in enumerate(retrieval.gps_candidates[: variant.n_gps])]
     return shown
-
-
-def echo_of(lat: float, lon: float, shown: Sequence[ShownCoordinate], radius_km: float = ECHO_RADIUS_KM) -> str | None:
-    """Which shown coordinate (if any) an answer repeats: the nearest within ``radius_km``."""
-    if not shown:
-        return None
-    distances = [float(haversine_km(lat, lon, c.lat, c.lon)) for c in shown]
-    nearest = min(range(len(shown)), key=distances.__getitem__)
-    if distances[nearest] > radius_km:
-        return None
-    c = shown[nearest]
-    return f"{c.label} ({c.lat:.4f}, {c.lon:.4f}), {distances[nearest]:.1f} km away"
 
 
 @dataclass
@@ -252,38 +235,12 @@ class _Reasoner:
         shown: Sequence[ShownCoordinate],
     ) -> None:
         """A valid answer becomes an abstention (null coordinate) or a hypothesis (echo-checked)."""
-        if answer.abstains:
-            outcome.abstentions.append(Abstention(
-                variant=variant, template_id=template.id, template_hash=template.sha256, model=self.backend.model_id,
-                reason=(answer.cannot_tell_because or "").strip(), raw_text=raw, sample_index=index,
-            ))
-            return
-        outcome.hypotheses.append(self.hypothesis(answer, raw, template, variant, index, shown))
-
-    def hypothesis(
-        self, answer: GeoAnswer, raw: str, template: PromptTemplate, variant: str, index: int,
-        shown: Sequence[ShownCoordinate] = (),
-    ) -> Hypothesis:
-        assert answer.latitude is not None and answer.longitude is not None  # abstentions never get here
-        return Hypothesis(
-            clues=[Clue(observation=c.observation, implication=c.implication) for c in answer.clues],
-            continent=_clean(answer.continent),
-            country=_clean(answer.country),
-            country_code=self.geocoder.country_code(answer.country),
-            region=_clean(answer.region),
-            city=_clean(answer.city),
-            lat=answer.latitude,
-            lon=answer.longitude,
-            confidence=answer.confidence,
-            raw_text=raw,
-            template_id=template.id,
-            template_hash=template.sha256,
-            model=self.backend.model_id,
-            variant=variant,
-            sample_index=index,
-            shown_coordinates=len(shown),
-            echo_of=echo_of(answer.latitude, answer.longitude, shown),
-        )
+        origin = AnswerOrigin(template.id, template.sha256, self.backend.model_id, variant, index)
+        result = answer_result(answer, raw, origin, self.geocoder, shown)
+        if isinstance(result, Abstention):
+            outcome.abstentions.append(result)
+        else:
+            outcome.hypotheses.append(result)
 
     async def run_variant(self, variant: str, prompt: str, shown: Sequence[ShownCoordinate] = ()) -> _Outcome:
         outcome = _Outcome(prompts=[self.record(self.template, variant, prompt)])

@@ -56,7 +56,7 @@ def retrieve(
     result = RetrievalResult()
     if store is not None:
         query = embeddings.retrieval[0]
-        result.neighbors = _neighbors(store, query, settings.k_neighbors, ids, authors, constraints, geocoder)
+        result.neighbors = gallery_neighbors(store, query, settings.k_neighbors, ids, authors, constraints, geocoder)
         if settings.k_dissimilar > 0:
             result.dissimilar = _with_places(
                 store.dissimilar(query, settings.k_dissimilar, exclude_ids=ids, exclude_authors=authors), geocoder
@@ -64,23 +64,22 @@ def retrieve(
         result.sources.append(SOURCE_GALLERY)
     if gps_gallery is not None and embeddings.geoclip is not None and settings.k_gps > 0:
         geoclip = embeddings.geoclip[0]
-        if constraints:
-            result.gps_candidates = _gps_inside(gps_gallery, geoclip, settings.k_gps, constraints, geocoder)
-        else:
-            result.gps_candidates = gps_gallery.top_k(geoclip, settings.k_gps)
+        result.gps_candidates = gps_candidates(gps_gallery, geoclip, settings.k_gps, constraints, geocoder)
         result.sources.append(SOURCE_GPS_GALLERY)
     return result
 
 
-def _neighbors(
+def gallery_neighbors(
     store: ImageGallery,
     query: np.ndarray,
     k: int,
-    ids: tuple[str, ...],
-    authors: tuple[str, ...],
+    ids: Sequence[str],
+    authors: Sequence[str],
     constraints: Sequence[Constraint],
     geocoder: ReverseGeocoder,
 ) -> list[GalleryNeighbor]:
+    """The ``k`` nearest gallery images to ``query`` inside every constraint (none from ``ids`` or by
+    ``authors``), with their places."""
     if k <= 0:
         return []
     if not constraints:
@@ -96,6 +95,19 @@ def _with_places(neighbors: list[GalleryNeighbor], geocoder: ReverseGeocoder) ->
     for neighbor, place in zip(missing, geocoder.lookup_many([(n.lat, n.lon) for n in missing]), strict=True):
         neighbor.place = place
     return neighbors
+
+
+def gps_candidates(
+    gallery: GPSGallery,
+    geoclip: np.ndarray,
+    k: int,
+    constraints: Sequence[Constraint],
+    geocoder: ReverseGeocoder,
+) -> list[GPSCandidate]:
+    """The ``k`` GPS-gallery points most similar to the image's GeoCLIP embedding, inside every constraint."""
+    if constraints:
+        return _gps_inside(gallery, geoclip, k, constraints, geocoder)
+    return gallery.top_k(geoclip, k)
 
 
 def _gps_inside(

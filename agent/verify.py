@@ -1,7 +1,8 @@
 """The verify stage: pool every candidate location and score it under one evidence model.
 
 Candidate pool: gallery-neighbour coordinates, GPS-gallery candidates, VLM hypotheses, places named
-in the photo's text, and the centre of any "within N km of PLACE" user constraint. The scoring,
+in the photo's text, the centre of any "within N km of PLACE" user constraint, and locations the VLM's
+tool calls proposed (``extra_candidates``: judged, not counted as evidence). The scoring,
 clustering and per-cluster mass live in :mod:`geosleuth.agent.fusion` (read its docstring for the
 model); this module gathers the evidence into it:
 
@@ -116,9 +117,12 @@ def candidate_pool(
     *,
     sources: Sequence[str] | None = None,
     text: TextEvidence | None = None,
+    extra: Sequence[Candidate] = (),
 ) -> list[Candidate]:
-    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user, text);
-    ``sources`` (CandidateSource values, e.g. ``["vlm"]``) keeps only those sources' candidates."""
+    """Every location any source proposed, in source order (gallery, GPS gallery, VLM, user, text,
+    then ``extra``); ``sources`` (CandidateSource values, e.g. ``["vlm"]``) keeps only those sources'
+    candidates. ``extra``: candidates proposed elsewhere (the VLM's tool calls), judged like the rest;
+    one whose key (``source:source_ref``) is already in the pool is the same candidate and is skipped."""
     pool = [
         Candidate(lat=n.lat, lon=n.lon, source=CandidateSource.RETRIEVAL, source_ref=n.id, place=n.place)
         for n in retrieval.neighbors
@@ -141,6 +145,11 @@ def candidate_pool(
             Candidate(lat=m.lat, lon=m.lon, source=CandidateSource.OCR, source_ref=ocr_ref(m.geonameid))
             for m in text.places
         ]
+    seen = {candidate_key(c) for c in pool}
+    for candidate in extra:
+        if candidate_key(candidate) not in seen:
+            seen.add(candidate_key(candidate))
+            pool.append(candidate.model_copy(deep=True))
     if sources is not None:
         pool = [c for c in pool if c.source.value in sources]
     return pool
@@ -227,9 +236,12 @@ def verify(
     constraints: Sequence[Constraint] = (),
     calibration: Calibration | None = None,
     text: TextEvidence | None = None,
+    extra_candidates: Sequence[Candidate] = (),
 ) -> Verification:
     """Score, cluster and weigh the candidate pool (see the module docstring).
-    ``calibration``: None uses the shipped default (:func:`~geosleuth.agent.confidence.load_calibration`)."""
+    ``calibration``: None uses the shipped default (:func:`~geosleuth.agent.confidence.load_calibration`).
+    ``extra_candidates``: locations the VLM's tool calls proposed (``ToolObservation.candidates``): more
+    candidates to judge, not more evidence (the model chose what to look up; only its answers count)."""
     if calibration is None:
         from geosleuth.agent.confidence import load_calibration
 
@@ -241,7 +253,8 @@ def verify(
             "calibration gives them weight 0): turn at least one on"
         )
     components = _component_status(weights, retrieval, hypotheses, text)
-    pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources, text=text)
+    pool = candidate_pool(retrieval, hypotheses, constraints, sources=config.candidate_sources, text=text,
+                          extra=extra_candidates)
     if not pool:
         return Verification(ranked=[], components=components)
     missing = [c for c in pool if c.place is None]

@@ -81,7 +81,7 @@ def displace(lat: float, lon: float, km: float, rng: np.random.Generator) -> tup
 
 def simulate_image(truth: tuple[float, float], gallery: np.ndarray, tree: Any, rng: np.random.Generator) -> Any:
     """Retrieval, VLM hypotheses and the GeoCLIP query for one simulated photo."""
-    from geosleuth.agent.reason import ShownCoordinate, echo_of
+    from geosleuth.agent.answers import ShownCoordinate, echo_of
     from geosleuth.types import GalleryNeighbor, GPSCandidate, Hypothesis, RetrievalResult
 
     belief = displace(*truth, draw_error_km(GEOCLIP_TABLE, rng), rng)

@@ -6,8 +6,11 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from geosleuth.geo import ReverseGeocoder
 
 # Rich wraps at the console width (COLUMNS), and messages quote tmp paths of any length: so wide that
 # nothing wraps, for every test, whatever terminal (or none, in CI) runs the suite. Rich reads COLUMNS
@@ -46,6 +49,46 @@ def gps_2k_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gps") / "gps_2k.csv"
     out.write_text("\n".join([lines[0], *lines[1::50]]) + "\n")
     return out
+
+
+# Real models and indexes shared by the agent and tool tests: GeoCLIP's shipped location encoder, the tiny
+# random CLIP with GeoCLIP's real image head, the 2K GPS gallery, offline reverse geocoding.
+@pytest.fixture(scope="session")
+def geocoder() -> ReverseGeocoder:
+    return ReverseGeocoder()
+
+
+@pytest.fixture(scope="session")
+def location_encoder() -> Any:
+    from geosleuth.index.encoders import GeoCLIPLocationEncoder
+
+    return GeoCLIPLocationEncoder(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_encoder(tiny_clip_dir: Path) -> Any:
+    from geosleuth.index.encoders import CLIPImageEncoder
+
+    return CLIPImageEncoder(str(tiny_clip_dir), with_geoclip_head=True, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def gps_gallery(gps_2k_csv: Path, location_encoder: Any) -> Any:
+    from geosleuth.index.gps_gallery import GPSGallery
+
+    return GPSGallery.load(str(gps_2k_csv), location_encoder, cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory, tiny_image_encoder: Any) -> Path:
+    """A real FAISS gallery store: 5 synthetic photos per country (7 countries), tiny CLIP embeddings."""
+    from geosleuth.index.build import build_store
+    from geosleuth.index.sources import TableSource
+    from geosleuth.testing.synthetic import make_synthetic_gallery
+
+    root = tmp_path_factory.mktemp("synthetic_store")
+    table = make_synthetic_gallery(root / "gallery", 5)
+    return build_store(TableSource(table), root / "store", encoder=tiny_image_encoder).path
 
 
 @pytest.fixture(scope="session")

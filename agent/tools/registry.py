@@ -29,6 +29,7 @@ from geosleuth.errors import GeosleuthError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from geosleuth.agent.answers import AnswerOrigin
     from geosleuth.agent.runtime import Resources
     from geosleuth.constraints import Constraint
     from geosleuth.index.encoders import ImageEmbeddings
@@ -42,14 +43,28 @@ class ToolError(GeosleuthError):
 @dataclass(frozen=True)
 class ToolContext:
     """What a tool may look at for one photo: the photo, what perceive and retrieve found, and the
-    run's once-loaded resources (encoders, galleries, geocoder, text tools, configuration)."""
+    run's once-loaded resources (encoders, galleries, geocoder, text tools, configuration).
 
-    image: Image.Image
+    The loop keeps it current with :func:`dataclasses.replace`: ``candidates`` are those earlier
+    calls proposed (``score_location`` judges a point together with them; ``submit`` counts them as
+    coordinates the model was shown, for echo detection), ``hypotheses`` any VLM answers so far.
+    """
+
+    image: Image.Image  # as perceive loaded it (downscaled to vlm.max_image_pixels)
     embeddings: ImageEmbeddings
     retrieval: RetrievalResult
     resources: Resources
     text: TextEvidence | None = None
     constraints: tuple[Constraint, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+    hypotheses: tuple[Hypothesis, ...] = ()
+    # Gallery images the gallery search must never return (eval: the query photo itself and its author).
+    exclude_ids: tuple[str, ...] = ()
+    exclude_authors: tuple[str, ...] = ()
+    # The loop's prompt template and model, recorded on the submitted answer (None: "tool_loop", no hash).
+    origin: AnswerOrigin | None = None
+    # The photo's file: zoom and read_text then crop the full-resolution original (None: crop ``image``).
+    image_path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ class TextTools:
         )
 
 
-def read_text_evidence(image: Image.Image, tools: TextTools) -> TextEvidence:
-    """Everything the text in ``image`` says about where it was taken (empty evidence when it has no
-    readable text)."""
-    regions = tools.reader.read(image)
+def read_text_evidence(
+    image: Image.Image, tools: TextTools, box: tuple[float, float, float, float] | None = None
+) -> TextEvidence:
+    """Everything the text in ``image`` (or in ``box`` = (x0, y0, x1, y1) pixels of it) says about where
+    it was taken (empty evidence when it has no readable text)."""
+    regions = tools.reader.read(image, box)
     if not regions:
         return TextEvidence(reader=tools.reader.name)
     text = " ".join(region.text for region in regions)

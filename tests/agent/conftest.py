@@ -127,32 +127,6 @@ def neighbors_around(center: tuple[float, float], count: int, *, prefix: str, si
     ]
 
 
-@pytest.fixture(scope="session")
-def geocoder() -> ReverseGeocoder:
-    return ReverseGeocoder()
-
-
-@pytest.fixture(scope="session")
-def location_encoder() -> Any:
-    from geosleuth.index.encoders import GeoCLIPLocationEncoder
-
-    return GeoCLIPLocationEncoder(device="cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_image_encoder(tiny_clip_dir: Path) -> Any:
-    from geosleuth.index.encoders import CLIPImageEncoder
-
-    return CLIPImageEncoder(str(tiny_clip_dir), with_geoclip_head=True, device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="session")
-def gps_gallery(gps_2k_csv: Path, location_encoder: Any) -> Any:
-    from geosleuth.index.gps_gallery import GPSGallery
-
-    return GPSGallery.load(str(gps_2k_csv), location_encoder, cache_dir=None)
-
-
 @pytest.fixture
 def base_config(tmp_path: Path, gps_2k_csv: Path, tiny_clip_dir: Path) -> Config:
     """Small and fast: 2K GPS gallery, few samples, short generations, sessions under tmp_path."""
@@ -210,15 +184,3 @@ def doubles() -> Any:
         unreachable_vlm=unreachable_vlm,
         PARIS=PARIS, LISBON=LISBON, TOKYO=TOKYO, SYDNEY=SYDNEY, LIMA=LIMA, NAIROBI=NAIROBI,
     )
-
-
-@pytest.fixture(scope="session")
-def synthetic_store(tmp_path_factory: pytest.TempPathFactory, tiny_image_encoder: Any) -> Path:
-    """A real FAISS gallery store: 5 synthetic photos per country (7 countries), tiny CLIP embeddings."""
-    from geosleuth.index.build import build_store
-    from geosleuth.index.sources import TableSource
-    from geosleuth.testing.synthetic import make_synthetic_gallery
-
-    root = tmp_path_factory.mktemp("synthetic_store")
-    table = make_synthetic_gallery(root / "gallery", 5)
-    return build_store(TableSource(table), root / "store", encoder=tiny_image_encoder).path
