@@ -268,16 +268,17 @@ class GPSGallery:
             count = needed  # a near-tie beyond the candidates: rescore more
         sims[candidates] = exact
         best = candidates[np.lexsort((candidates, -exact))][:k]  # by similarity, ties by gallery order
-        # The normaliser in float32 (logits <= ~40: terms off by ~4e-6 relative, far below the scan's).
+        # Softmax terms in float32 (logits <= ~40: off by ~4e-6 relative, far below the scan's error),
+        # summed in float64; the top-k's numerators are the same terms, so no probability exceeds 1.
         logits = sims * np.float32(self.logit_scale)
-        top = float(logits.max())
-        denominator = float(np.exp(logits - np.float32(top)).sum(dtype=np.float64))
+        terms = np.exp(logits - logits.max())
+        denominator = float(terms.sum(dtype=np.float64))
         return [
             GPSCandidate(
                 lat=float(self.coordinates[i, 0]),
                 lon=float(self.coordinates[i, 1]),
                 similarity=float(sims[i]),
-                probability=float(np.exp(self.logit_scale * float(sims[i]) - top) / denominator),
+                probability=float(terms[i]) / denominator,
             )
             for i in best
         ]
