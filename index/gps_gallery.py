@@ -258,7 +258,10 @@ class GPSGallery:
         sims, bound = self._scan(query)
         count = min(len(sims), max(k, RESCORE_AT_LEAST))
         while True:
-            candidates = np.argpartition(-sims, count - 1)[:count] if count < len(sims) else np.arange(len(sims))
+            if count < len(sims):
+                candidates = np.argpartition(sims, len(sims) - count)[len(sims) - count :]
+            else:
+                candidates = np.arange(len(sims))
             exact = dot_rows(self.embeddings[candidates], query)
             kth = np.partition(exact, len(exact) - k)[len(exact) - k]
             # A point outside the candidates beats the k-th only if exact >= kth, so scan >= kth - bound.
@@ -270,8 +273,9 @@ class GPSGallery:
         best = candidates[np.lexsort((candidates, -exact))][:k]  # by similarity, ties by gallery order
         # Softmax terms in float32 (logits <= ~40: off by ~4e-6 relative, far below the scan's error),
         # summed in float64; the top-k's numerators are the same terms, so no probability exceeds 1.
-        logits = sims * np.float32(self.logit_scale)
-        terms = np.exp(logits - logits.max())
+        terms = sims * np.float32(self.logit_scale)  # logits, turned into terms in place
+        terms -= terms.max()
+        np.exp(terms, out=terms)
         denominator = float(terms.sum(dtype=np.float64))
         return [
             GPSCandidate(

@@ -125,6 +125,7 @@ class Int8Scan:
             self._row_sums[start : start + len(part)] = rounded.sum(axis=1, dtype=np.float64)
         self._residual_norm = float(np.sqrt(residual_sq.max()))
         self._row_norm = float(np.sqrt(norm_sq.max()))
+        self._row_sums_t = torch.from_numpy(self._row_sums)
         with warnings.catch_warnings():
             # torch 2.13 flags quantised tensor types as deprecated; they are only the carrier for
             # fbgemm's packing here (a torch without them falls back to HalfScan, see make_scan).
@@ -154,11 +155,12 @@ class Int8Scan:
             rest -= digits * float(steps[d])
             inputs[d] += digits
         with torch.inference_mode():
-            out = torch.ops.quantized.linear_dynamic(torch.from_numpy(inputs), self._packed, True).numpy()
-        sims = steps @ out
-        sims -= (_DIGIT_OFFSET * float(steps.sum())) * self._row_sums
-        if sign < 0:
-            np.negative(sims, out=sims)
+            out = torch.ops.quantized.linear_dynamic(torch.from_numpy(inputs), self._packed, True)
+            # sign * (steps @ out - 64 * sum(steps) * row_sums), in one pass over the rows
+            sims = torch.addmv(
+                self._row_sums_t, out.t(), torch.from_numpy(steps * np.float32(sign)),
+                beta=-_DIGIT_OFFSET * float(steps.sum()) * sign,
+            ).numpy()
         query = query * sign
         represented = float(np.linalg.norm(query.astype(np.float64) - rest))
         bound = (
