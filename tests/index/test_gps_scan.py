@@ -63,6 +63,25 @@ def test_int8_scan_stays_within_its_stated_bound(real_shaped: tuple[np.ndarray, 
         assert bound < 0.02  # tight enough that top_k rescores hundreds of points, not thousands
 
 
+def test_int8_scan_rounds_only_the_embeddings_never_the_query(
+    real_shaped: tuple[np.ndarray, np.ndarray, float],
+) -> None:
+    """The query's own rounding would be an error shared by every row (a shift of GeoCLIP's softmax
+    normaliser); the scan must equal the per-row-rounded matrix times the query as given."""
+    _, embeddings, _ = real_shaped
+    scale = (np.abs(embeddings).max(axis=1) / np.float32(127.0)).astype(np.float32)
+    rounded = np.rint(embeddings / scale[:, None]).astype(np.float64) * scale[:, None]
+    scan = Int8Scan(embeddings)
+    rng = np.random.default_rng(5)
+    many = [q / np.linalg.norm(q) for q in rng.standard_normal((20, embeddings.shape[1])).astype(np.float32)]
+    # All elements <= 0 and on a 1/1024 grid: one digit row represents it exactly, with no element at +63.
+    grid = -rng.integers(0, 64, embeddings.shape[1]).astype(np.float32) / 1024
+    grid[0] = -63 / 1024
+    for query in [*queries(embeddings), *many, grid]:
+        approx, _ = scan.similarities(query)
+        np.testing.assert_allclose(approx, rounded @ query.astype(np.float64), rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("scan", ["int8", "float16"])
 def test_top_k_is_the_exact_float32_ranking_with_softmax_probabilities(
     real_shaped: tuple[np.ndarray, np.ndarray, float], scan: str
@@ -101,3 +120,25 @@ def test_unknown_scan_is_refused(real_shaped: tuple[np.ndarray, np.ndarray, floa
     _, embeddings, _ = real_shaped
     with pytest.raises(ValueError, match="unknown GPS-gallery scan 'int4'.*'int8'"):
         make_scan(embeddings[:10], "int4")
+
+
+def test_near_ties_beyond_the_first_candidates_are_ranked_exactly() -> None:
+    """600 copies of one embedding nudged far below int8's resolution: the scan cannot order them, more
+    than the 256 first candidates are within its bound of the 20th, and top_k must rescore them all."""
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((50_000, 512)).astype(np.float32)
+    base = vectors[10] / np.linalg.norm(vectors[10])
+    vectors[1_000:1_600] = base + 2e-4 * rng.standard_normal((600, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    coords = np.stack([rng.uniform(-80, 80, 50_000), rng.uniform(-180, 179, 50_000)], axis=1)
+    gallery = GPSGallery(coords, vectors, logit_scale=39.7, source="ties", encoder_name="r", encoder_weights_hash="0")
+    try:
+        assert gallery.scan_variant == "int8"
+        query = base + 0.02 * rng.standard_normal(512).astype(np.float32)
+        top = gallery.top_k(query, 20)
+        sims, softmax = exact_softmax(vectors, query / np.linalg.norm(query), 39.7)
+        order = np.lexsort((np.arange(len(sims)), -sims))[:20]
+        np.testing.assert_array_equal([(c.lat, c.lon) for c in top], coords[order])
+        np.testing.assert_allclose([c.probability for c in top], softmax[order], rtol=PROBABILITY_RTOL)
+    finally:
+        gallery.close()
