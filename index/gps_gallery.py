@@ -37,7 +37,7 @@ from geosleuth.errors import DataFileError, InvalidCoordinateError
 from geosleuth.fileio import atomic_writer
 from geosleuth.geo import validate_coordinate
 from geosleuth.index.encoders import LocationEncoder, geoclip_package_dir
-from geosleuth.index.gps_scan import GalleryScan, dot_rows, make_scan
+from geosleuth.index.gps_scan import GalleryScan, check_variant, dot_rows, make_scan
 from geosleuth.types import GPSCandidate
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,10 @@ class GPSGallery:
         encoder_weights_hash: str,
         scan: str = "auto",
     ) -> None:
-        """``scan``: ``"auto"`` (int8 where torch's kernel works, else float16), ``"int8"`` or ``"float16"``."""
+        """``scan``: ``"auto"`` (exact float32 up to 8 MB of embeddings, else int8 where torch's kernel
+        works, else float16), or one of ``"int8"``, ``"float16"``, ``"float32"``
+        (:mod:`geosleuth.index.gps_scan`)."""
+        check_variant(scan)
         if coordinates.ndim != 2 or coordinates.shape[1] != 2 or len(coordinates) == 0:
             raise ValueError(f"coordinates must have shape (N >= 1, 2), got {coordinates.shape}")
         if embeddings.ndim != 2 or len(embeddings) != len(coordinates):
@@ -290,7 +293,7 @@ class GPSGallery:
 
     @property
     def scan_variant(self) -> str:
-        """The scan in use: ``"int8"`` or ``"float16"`` (waits for the scan to be built)."""
+        """The scan in use: ``"int8"``, ``"float16"`` or ``"float32"`` (waits for it to be built)."""
         return self._built_scan().name
 
     def _worker(self) -> tuple[concurrent.futures.ThreadPoolExecutor, concurrent.futures.Future[GalleryScan]]:

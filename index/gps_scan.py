@@ -47,6 +47,7 @@ _DIGITS = 3
 # "auto" scans galleries up to this size exactly (4,096 points of 512 float32 numbers: tens of µs).
 EXACT_SCAN_MAX_BYTES = 8 << 20
 _BUILD_CHUNK = 2048
+SCAN_VARIANTS = ("auto", "int8", "float16", "float32")
 
 
 def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -178,11 +179,10 @@ def make_scan(embeddings: np.ndarray, variant: str = "auto") -> GalleryScan:
     the exact float32 product and falls back to float16 (logged) when torch lacks it or it disagrees
     beyond its own bound.
     """
+    check_variant(variant)
     scans: dict[str, type[Int8Scan | HalfScan | ExactScan]] = {s.name: s for s in (Int8Scan, HalfScan, ExactScan)}
     if variant in scans:
         return scans[variant](embeddings)
-    if variant != "auto":
-        raise ValueError(f"unknown GPS-gallery scan {variant!r}; use 'auto', {', '.join(map(repr, scans))}")
     if embeddings.shape[0] * embeddings.shape[1] * 4 <= EXACT_SCAN_MAX_BYTES:
         return ExactScan(embeddings)
     try:
@@ -192,6 +192,12 @@ def make_scan(embeddings: np.ndarray, variant: str = "auto") -> GalleryScan:
         log.info("GPS gallery: int8 scan unavailable (%s); scanning in float16", exc)
         return HalfScan(embeddings)
     return scan
+
+
+def check_variant(variant: str) -> None:
+    """Raise ValueError naming the choices unless ``variant`` is one of SCAN_VARIANTS."""
+    if variant not in SCAN_VARIANTS:
+        raise ValueError(f"unknown GPS-gallery scan {variant!r}; use one of {', '.join(map(repr, SCAN_VARIANTS))}")
 
 
 def _check(scan: Int8Scan, embeddings: np.ndarray) -> None:

@@ -116,9 +116,14 @@ def test_auto_scans_large_galleries_in_int8_and_small_ones_exactly(
     assert bound == 0.0 and approx[5] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_unknown_scan_is_refused(real_shaped: tuple[np.ndarray, np.ndarray, float]) -> None:
-    _, embeddings, _ = real_shaped
+def test_unknown_scan_is_refused_when_the_gallery_is_made(
+    real_shaped: tuple[np.ndarray, np.ndarray, float],
+) -> None:
+    coords, embeddings, _ = real_shaped
     with pytest.raises(ValueError, match="unknown GPS-gallery scan 'int4'.*'int8'"):
+        GPSGallery(coords[:10], embeddings[:10], logit_scale=1.0, source="x", encoder_name="g",
+                   encoder_weights_hash="0", scan="int4")
+    with pytest.raises(ValueError, match="unknown GPS-gallery scan 'int4'"):
         make_scan(embeddings[:10], "int4")
 
 
