@@ -127,7 +127,7 @@ class Int8Scan:
         self._residual_norm = float(np.sqrt(residual_sq.max()))
         self._row_norm = float(np.sqrt(norm_sq.max()))
         self._row_sums_t = torch.from_numpy(self._row_sums)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # kept short: the filters are process-wide while it lasts
             # torch 2.13 flags quantised tensor types as deprecated; they are only the carrier for
             # fbgemm's packing here (a torch without them falls back to HalfScan, see make_scan).
             warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*", category=UserWarning)
@@ -137,7 +137,7 @@ class Int8Scan:
                 torch.zeros(len(codes), dtype=torch.long),
                 0,
             )
-            self._packed = torch.ops.quantized.linear_prepack(weight, None)
+        self._packed = torch.ops.quantized.linear_prepack(weight, None)
 
     def similarities(self, query: np.ndarray) -> tuple[np.ndarray, float]:
         import torch
