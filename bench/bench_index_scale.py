@@ -19,7 +19,7 @@ Memory: "index MB" is the serialised index, which is what ``GalleryStore.open`` 
 Speed at 4.7M: the time to choose cells (measured, scaled by the nlist ratio) plus the time to
 scan them (scaled by the cell-size ratio).
 
-Every index is built by the product code (``geosleuth.index.store.create_index`` with the
+Every index is built by the product code (``geosleuth.index.faiss_index.create_index`` with the
 parameters ``IndexSpec.resolve`` picks for the gallery size), so the figures are those of
 ``geosleuth index build --index-type ...``. Exact search (``faiss.knn``, the same kernel as
 IndexFlatIP) gives the ground truth and the float32 baseline's speed in the same run.
@@ -105,7 +105,7 @@ def main() -> None:
 
     import faiss
 
-    from geosleuth.index.store import IndexSpec, create_index
+    from geosleuth.index.faiss_index import IndexSpec, create_index
 
     started = time.perf_counter()
     n, k, dim = args.n, args.k, DIM

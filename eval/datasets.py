@@ -30,6 +30,11 @@ from pathlib import Path
 from geosleuth.errors import DataFileError
 
 DATASET_NAMES = ("im2gps3k", "yfcc4k", "generic")
+# Known metadata file names, for a truth *folder* (the benchmarks' own names first).
+TRUTH_FILE_NAMES = {
+    "im2gps3k": ("im2gps3k_places365.csv",),
+    "yfcc4k": ("yfcc4k_places365.csv", "yfcc4k.csv"),
+}
 
 # Extensions tried when an id names no file (some YFCC4K copies list bare Flickr ids).
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -401,6 +406,30 @@ def guess_dataset(path: str | os.PathLike[str]) -> str:
     if "yfcc4k" in name:
         return "yfcc4k"
     return "generic"
+
+
+def resolve_truth_file(dataset_name: str, truth_path_or_dir: str | os.PathLike[str]) -> Path:
+    """The metadata file: ``truth_path_or_dir`` itself, or the one dataset file inside that folder."""
+    path = Path(truth_path_or_dir).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataFileError(f"ground truth {str(path)!r} does not exist; give the metadata CSV/JSONL or its folder")
+    for name in TRUTH_FILE_NAMES.get(dataset_name, ()):
+        if (path / name).is_file():
+            return path / name
+    if dataset_name in TRUTH_FILE_NAMES:
+        found = sorted(p for p in path.glob("*.csv") if dataset_name in p.name.lower())
+    else:
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl", ".ndjson"))
+    if len(found) == 1:
+        return found[0]
+    wanted = ", ".join(TRUTH_FILE_NAMES.get(dataset_name, ("one .csv or .jsonl file",)))
+    listed = f" (found {', '.join(p.name for p in found)})" if found else ""
+    raise DataFileError(
+        f"cannot tell which file in {str(path)!r} is the {dataset_name} ground truth{listed}; "
+        f"expected {wanted}: pass the file itself with --truth"
+    )
 
 
 def load_dataset(

@@ -26,8 +26,8 @@ import numpy as np
 
 from geosleuth.config import EncoderConfig
 from geosleuth.errors import GalleryIndexError, GeosleuthError
-from geosleuth.index.build import ShardPlan, encode_shard, write_shard
-from geosleuth.index.store import EncoderIdentity
+from geosleuth.index.build_shards import ShardPlan, encode_shard, write_shard
+from geosleuth.index.manifest import EncoderIdentity
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _load_encoder(encoder_config: dict[str, Any], expected: EncoderIdentity) -> 
 def ray_shard_engine(
     encoder_config: EncoderConfig, identity: EncoderIdentity, options: RayBuildOptions | None = None
 ) -> Any:
-    """A :data:`geosleuth.index.build.ShardEngine` running on Ray; pass it to ``build_store(engine=...)``."""
+    """A :data:`geosleuth.index.build_shards.ShardEngine` running on Ray; pass it to ``build_store(engine=...)``."""
     options = options or RayBuildOptions()
 
     def run(plan: ShardPlan) -> Iterator[int]:

@@ -6,11 +6,11 @@ encoder's ``logit_scale``). geoclip's own ``predict`` re-embeds its 100K gallery
 (tens of seconds on a CPU); here the embeddings are computed once per (encoder weights, gallery
 content) and cached on disk, so a query is one matrix-vector product.
 
-A query scans a half-precision copy of the embeddings (half the memory traffic of float32; the
-scan is memory-bound), then rescores the best candidates exactly in float32: the top-k list is
-exact (see :meth:`GPSGallery.top_k`), and GeoCLIP's softmax uses the half-precision similarity
-only for points outside it (error below 1e-3 in a similarity, so a few 1e-3 relative in the
-normaliser at GeoCLIP's logit scale of about 40).
+A query scans an int8 copy of the embeddings (a quarter of float32's memory traffic; the scan is
+memory-bound; float16 where torch has no int8 kernel: :mod:`geosleuth.index.gps_scan`), then
+rescores the best candidates exactly in float32: the top-k list is exact (see
+:meth:`GPSGallery.top_k`), and GeoCLIP's softmax uses the scan's similarity only for points outside
+the rescored set.
 
 Sources: ``"geoclip"`` = the 100K coordinates shipped in the geoclip package; anything else is a
 CSV path with latitude/longitude columns (``lat``/``latitude``, ``lon``/``lng``/``long``/``longitude``,
@@ -37,6 +37,7 @@ from geosleuth.errors import DataFileError, InvalidCoordinateError
 from geosleuth.fileio import atomic_writer
 from geosleuth.geo import validate_coordinate
 from geosleuth.index.encoders import LocationEncoder, geoclip_package_dir
+from geosleuth.index.gps_scan import GalleryScan, check_variant, dot_rows, make_scan
 from geosleuth.types import GPSCandidate
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,9 @@ log = logging.getLogger(__name__)
 GEOCLIP_GALLERY = "geoclip"
 CACHE_SUBDIR = "gps_gallery"
 CACHE_FORMAT = 1
-# Half-precision scan: |error| of one similarity between unit vectors stays below this (fp16 keeps
-# 11 significant bits; 512 products accumulate in float32).
-HALF_SCAN_ERROR = 1e-3
-# Candidates rescored in float32 beyond k (more are taken when the error bound asks for it).
-RESCORE_EXTRA = 64
+# Candidates rescored exactly in float32 (more when the scan's error bound asks for it): the top-k
+# and, for a peaked query, nearly all of the softmax normaliser's mass.
+RESCORE_AT_LEAST = 256
 # Embedding speed of GeoCLIP's location encoder on a 2-core CPU, for the first-run message.
 EMBED_POINTS_PER_S = 5000
 _LAT_NAMES = ("lat", "latitude")
@@ -143,15 +142,21 @@ class GPSGallery:
         source: str,
         encoder_name: str,
         encoder_weights_hash: str,
+        scan: str = "auto",
     ) -> None:
+        """``scan``: ``"auto"`` (exact float32 up to 8 MB of embeddings, else int8 where torch's kernel
+        works, else float16), or one of ``"int8"``, ``"float16"``, ``"float32"``
+        (:mod:`geosleuth.index.gps_scan`)."""
+        check_variant(scan)
         if coordinates.ndim != 2 or coordinates.shape[1] != 2 or len(coordinates) == 0:
             raise ValueError(f"coordinates must have shape (N >= 1, 2), got {coordinates.shape}")
         if embeddings.ndim != 2 or len(embeddings) != len(coordinates):
             raise ValueError(f"embeddings {embeddings.shape} do not match {len(coordinates)} coordinates")
         self.coordinates = np.ascontiguousarray(coordinates, dtype=np.float64)
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self._half = np.ascontiguousarray(self.embeddings, dtype=np.float16)  # the fast scan's copy
+        self._scan_variant = scan
         self._scanner: concurrent.futures.ThreadPoolExecutor | None = None  # see _scan
+        self._scan_ready: concurrent.futures.Future[GalleryScan] | None = None
         self._scanner_lock = threading.Lock()
         self.logit_scale = float(logit_scale)
         self.source = source
@@ -167,11 +172,13 @@ class GPSGallery:
     ) -> GPSGallery:
         """Read the gallery (``"geoclip"`` or a CSV path) and its embeddings, from the cache if present.
 
-        ``cache_dir=None`` embeds without caching.
+        ``cache_dir=None`` embeds without caching. The scan is built in the background (:meth:`prepare`).
         """
         path = geoclip_gallery_csv() if source == GEOCLIP_GALLERY else Path(source).expanduser()
         coordinates = read_coordinates_csv(path)
-        return cls.from_coordinates(coordinates, location_encoder, cache_dir=cache_dir, source=source)
+        gallery = cls.from_coordinates(coordinates, location_encoder, cache_dir=cache_dir, source=source)
+        gallery.prepare()  # builds the scan while the caller loads its other models
+        return gallery
 
     @classmethod
     def from_coordinates(
@@ -233,15 +240,17 @@ class GPSGallery:
 
     def similarities(self, geoclip_embedding: np.ndarray) -> np.ndarray:
         """(N,) cosine similarity of the image embedding to every gallery coordinate."""
-        return _dot_rows(self.embeddings, _query_vector(geoclip_embedding, self.embeddings.shape[1]))
+        return dot_rows(self.embeddings, _query_vector(geoclip_embedding, self.embeddings.shape[1]))
 
     def top_k(self, geoclip_embedding: np.ndarray, k: int) -> list[GPSCandidate]:
         """The ``k`` best coordinates (fewer if the gallery is smaller), most similar first.
 
-        Exact: a half-precision scan picks candidates, which are rescored in float32, and every point
-        whose half-precision similarity comes within twice the scan's error bound of the k-th exact
-        one is among them. ``probability`` is GeoCLIP's: a softmax of ``logit_scale * similarity``
-        over the whole gallery (exact similarities for the candidates, half-precision for the rest).
+        Exact: an approximate scan (:mod:`geosleuth.index.gps_scan`) picks at least 256 candidates,
+        rescored in float32, and every point whose scanned similarity comes within the scan's error
+        bound of the k-th exact one is among them. ``probability`` is GeoCLIP's: a softmax of
+        ``logit_scale * similarity`` over the whole gallery, exact similarities for the candidates and
+        scanned ones for the rest (whose errors are independent per row and average out: within
+        1e-3 relative of the float32 softmax, tests/index/test_gps_scan.py).
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -249,50 +258,75 @@ class GPSGallery:
         if k == 0:
             return []
         query = _query_vector(geoclip_embedding, self.embeddings.shape[1])
-        sims = self._scan(query)
-        count = min(len(sims), k + RESCORE_EXTRA)
+        sims, bound = self._scan(query)
+        count = min(len(sims), max(k, RESCORE_AT_LEAST))
         while True:
-            candidates = np.argpartition(-sims, count - 1)[:count] if count < len(sims) else np.arange(len(sims))
-            exact = _dot_rows(self.embeddings[candidates], query)
+            if count < len(sims):
+                candidates = np.argpartition(sims, len(sims) - count)[len(sims) - count :]
+            else:
+                candidates = np.arange(len(sims))
+            exact = dot_rows(self.embeddings[candidates], query)
             kth = np.partition(exact, len(exact) - k)[len(exact) - k]
-            needed = int(np.count_nonzero(sims >= kth - 2 * HALF_SCAN_ERROR))
+            # A point outside the candidates beats the k-th only if exact >= kth, so scan >= kth - bound.
+            needed = int(np.count_nonzero(sims >= kth - bound))
             if needed <= count:
                 break
-            count = needed  # a near-tie beyond the candidates: rescore more (rare)
+            count = needed  # a near-tie beyond the candidates: rescore more
         sims[candidates] = exact
         best = candidates[np.lexsort((candidates, -exact))][:k]  # by similarity, ties by gallery order
-        logits = self.logit_scale * sims.astype(np.float64)
-        top = logits.max()
-        denominator = np.exp(logits - top).sum()
+        # Softmax terms in float32 (logits <= ~40: off by ~4e-6 relative, far below the scan's error),
+        # summed in float64; the top-k's numerators are the same terms, so no probability exceeds 1.
+        terms = sims * np.float32(self.logit_scale)  # logits, turned into terms in place
+        terms -= terms.max()
+        np.exp(terms, out=terms)
+        denominator = float(terms.sum(dtype=np.float64))
         return [
             GPSCandidate(
                 lat=float(self.coordinates[i, 0]),
                 lon=float(self.coordinates[i, 1]),
                 similarity=float(sims[i]),
-                probability=float(np.exp(logits[i] - top) / denominator),
+                probability=float(terms[i]) / denominator,
             )
             for i in best
         ]
 
 
-    def _scan(self, query: np.ndarray) -> np.ndarray:
-        """The half-precision scan, on this gallery's own single-threaded worker.
+    @property
+    def scan_variant(self) -> str:
+        """The scan in use: ``"int8"``, ``"float16"`` or ``"float32"`` (waits for it to be built)."""
+        return self._built_scan().name
+
+    def _worker(self) -> tuple[concurrent.futures.ThreadPoolExecutor, concurrent.futures.Future[GalleryScan]]:
+        """This gallery's single-threaded scan worker; its first job builds the scan.
 
         The scan is memory-bound: a second thread gains little on an idle machine and loses badly on a
         busy one (measured on 2 cores shared with other work: 4.5 ms on one thread, 16 ms on two). torch's
         thread count is per calling thread, so the worker sets its own to 1 and no other thread changes.
         """
         with self._scanner_lock:
-            if self._scanner is None:
+            if self._scanner is None or self._scan_ready is None:
                 self._scanner = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="gps-scan", initializer=_one_torch_thread
                 )
-        return self._scanner.submit(_half_scan, self._half, query).result()
+                self._scan_ready = self._scanner.submit(make_scan, self.embeddings, self._scan_variant)
+            return self._scanner, self._scan_ready
+
+    def prepare(self) -> None:
+        """Start building the scan in the background (about 1 s of one core for 100K points), so the
+        first query need not wait for it; a query builds it anyway."""
+        self._worker()
+
+    def _built_scan(self) -> GalleryScan:
+        return self._worker()[1].result()
+
+    def _scan(self, query: np.ndarray) -> tuple[np.ndarray, float]:
+        scanner, ready = self._worker()
+        return scanner.submit(lambda: ready.result().similarities(query)).result()
 
     def close(self) -> None:
         """Stop the scan worker (a later query starts a new one)."""
         with self._scanner_lock:
-            scanner, self._scanner = self._scanner, None
+            scanner, self._scanner, self._scan_ready = self._scanner, None, None
         if scanner is not None:
             scanner.shutdown(wait=True)
 
@@ -312,25 +346,6 @@ def score_locations(
         return np.empty(0, dtype=np.float32)
     query = _query_vector(geoclip_embedding, location_encoder.dim)
     return location_encoder.encode(coords) @ query
-
-
-def _dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """matrix @ vector in one thread. The scan is memory-bound (100K x 512 float32 = 205 MB): a
-    multi-threaded BLAS gemv gains little and, on a busy machine (the VLM, other jobs), loses
-    badly to thread contention; measured on 2 busy cores: 8.7 ms median vs 16 ms."""
-    if hasattr(np, "vecdot"):  # numpy >= 2.0
-        return np.vecdot(matrix, vector)
-    return np.einsum("ij,j->i", matrix, vector)
-
-
-def _half_scan(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """(N,) float32 similarities from a float16 matrix: torch's half-precision matrix-vector kernel
-    (numpy has no fast float16 product); within HALF_SCAN_ERROR of the float32 result."""
-    import torch
-
-    with torch.inference_mode():
-        out = torch.mv(torch.from_numpy(matrix), torch.from_numpy(query.astype(np.float16)))
-    return out.float().numpy()
 
 
 def _query_vector(embedding: np.ndarray, dim: int) -> np.ndarray:

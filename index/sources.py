@@ -34,7 +34,7 @@ import numpy as np
 
 from geosleuth.errors import DataFileError, InvalidCoordinateError
 from geosleuth.geo import validate_coordinate
-from geosleuth.index.store import EncoderIdentity
+from geosleuth.index.manifest import EncoderIdentity
 
 if TYPE_CHECKING:
     import pandas as pd

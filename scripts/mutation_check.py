@@ -149,6 +149,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "GPS-gallery candidates proposed at (lon, lat)",
     ),
     Mutation(
+        "gps-scan-bound-ignored", "index/gps_gallery.py",
+        "needed = int(np.count_nonzero(sims >= kth - bound))",
+        "needed = int(np.count_nonzero(sims >= kth))",
+        ("tests/index/test_gps_scan.py",),
+        "GPS top-k misses near-ties the approximate scan ranked below its first candidates",
+    ),
+    Mutation(
+        "gps-int8-query-sign", "index/gps_scan.py",
+        "sign = 1.0 if rest[np.argmax(np.abs(rest))] >= 0 else -1.0",
+        "sign = 1.0",
+        ("tests/index/test_gps_scan.py",),
+        "the int8 kernel re-quantises a query whose digits never reach +63: an error shared by every row",
+    ),
+    Mutation(
         "exif-west-longitude", "geosleuth/imageio.py",
         'lon=-lon if lon_ref == "W" else lon',
         "lon=lon",

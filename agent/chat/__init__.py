@@ -33,10 +33,11 @@ constraint and re-runs the locate graph inside it. The VLM's earlier answers are
 most of them lie inside the hints (and then only those inside count); a hint that contradicts most
 of them sends the question to the VLM again, with the hint in the user's words.
 
-Modules: :mod:`.places` (place names), :mod:`.hints` (the hint parser), :mod:`.graph` (the turn
-graph), :mod:`.store` (persistence), :mod:`.session`, :mod:`.engine`, :mod:`.results`. The package
-may import the locate pipeline (``agent.graph``), ``agent.reason``'s follow-up answerer and the core
-(``geosleuth.types``, ``geosleuth.constraints``, ``geosleuth.geo``); no stage imports it.
+Modules: :mod:`.places` (place names), :mod:`.hints` (the hint parser), :mod:`.followup` (the VLM's
+answer to a question, from the run summary cut to fit), :mod:`.graph` (the turn graph), :mod:`.store`
+(persistence), :mod:`.session`, :mod:`.engine`, :mod:`.results`. The package may import the locate
+pipeline (``agent.graph``), the VLM backends and the core (``geosleuth.types``,
+``geosleuth.constraints``, ``geosleuth.geo``); no stage imports it.
 """
 
 from geosleuth.agent.chat.engine import ChatEngine

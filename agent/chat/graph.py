@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from geosleuth.agent.chat.followup import answer_followup
 from geosleuth.agent.chat.hints import hint_text, merge_constraints, parse_hint
 from geosleuth.agent.chat.places import PlaceResolver
 from geosleuth.agent.chat.results import ReplyKind
-from geosleuth.agent.reason import answer_followup
 from geosleuth.constraints import Constraint, contains_all
 from geosleuth.geo import haversine_km
 from geosleuth.imageio import load_image

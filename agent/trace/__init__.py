@@ -12,7 +12,7 @@ reads :class:`geosleuth.types.RunSummary` instead of parsing trace JSON. This pa
 
 from geosleuth.agent.trace.digest import TraceDigest, digest, fmt_coord, osm_link
 from geosleuth.agent.trace.html_page import html_file_name, trace_html
-from geosleuth.agent.trace.io import LoadedTrace, load_traces, select_trace
+from geosleuth.agent.trace.io import LoadedTrace, load_traces, select_trace, trace_file_name
 from geosleuth.agent.trace.svg_map import MapPoint, load_basemap, map_points, map_svg, zoom_bounds
 from geosleuth.agent.trace.terminal import MAX_LISTED_GPS, MAX_LISTED_NEIGHBORS, trace_tree
 
@@ -31,6 +31,7 @@ __all__ = [
     "map_svg",
     "osm_link",
     "select_trace",
+    "trace_file_name",
     "trace_html",
     "trace_tree",
     "zoom_bounds",

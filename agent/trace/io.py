@@ -1,10 +1,12 @@
 """Reading trace files: one trace JSON, a list of them, a JSONL of traces (or of ``{"id", "trace"}``
-lines), or a folder of trace files; and picking one trace by id."""
+lines), or a folder of trace files; picking one trace by id; naming one image's trace file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,15 @@ from pydantic import ValidationError
 
 from geosleuth.errors import DataFileError
 from geosleuth.types import Trace
+
+
+def trace_file_name(image_id: str) -> str:
+    """A file name for an image id (``sub/a.jpg`` -> ``sub_a.jpg-<hash>.json``); distinct ids never
+    share one, because a hash is added whenever the id had to be changed."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
+    if safe != image_id:
+        safe = f"{safe[:100]}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
+    return f"{safe}.json"
 
 
 @dataclass(frozen=True)

@@ -40,18 +40,6 @@ class ExportChoice(str, Enum):
     kml = "kml"
 
 
-def trace_file_name(image_id: str) -> str:
-    """``sub/a.jpg`` -> ``sub_a.jpg.json``; a hash is added when the id had to be changed, so two
-    ids never share a file."""
-    import hashlib
-    import re
-
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
-    if safe != image_id:
-        safe = f"{safe[:100]}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
-    return f"{safe}.json"
-
-
 def _batch_progress(err: Console) -> Any:
     from rich.progress import (
         BarColumn,
@@ -195,6 +183,7 @@ def batch(
             arun_batch,
             read_batch_input,
         )
+        from geosleuth.agent.trace.io import trace_file_name
         from geosleuth.cli.locate_cmd import fatal_errors
         from geosleuth.errors import DataFileError
         from geosleuth.fileio import atomic_write_text

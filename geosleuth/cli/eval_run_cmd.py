@@ -171,7 +171,7 @@ def _progress(err: Console) -> Any:
 
 def _print_outcome(outcome: RunResult) -> None:
     from geosleuth.eval.report import metrics_table
-    from geosleuth.eval.run import MISSING_IMAGES_FILE
+    from geosleuth.eval.run_folder import MISSING_IMAGES_FILE
 
     console = Console()
     m = outcome.manifest

@@ -16,7 +16,7 @@ from geosleuth.cli.common import EXIT_PARTIAL_FAILURE, EngineChoice, err_console
 if TYPE_CHECKING:
     from geosleuth.config import Config
     from geosleuth.index.encoders import ImageEncoder
-    from geosleuth.index.store import BuildFailure, EncoderIdentity
+    from geosleuth.index.manifest import BuildFailure, EncoderIdentity
     from geosleuth.types import GalleryNeighbor
 
 app = typer.Typer(no_args_is_help=True)
@@ -72,8 +72,9 @@ def build(
 ) -> None:
     """Build a gallery store (resumable; unreadable images are reported, not fatal)."""
     from geosleuth.index.build import build_store
+    from geosleuth.index.faiss_index import IndexSpec
+    from geosleuth.index.manifest import EncoderIdentity
     from geosleuth.index.sources import open_source, read_encoder_sidecar
-    from geosleuth.index.store import EncoderIdentity, IndexSpec
 
     config = state(ctx).config()
     console = err_console()
@@ -239,7 +240,8 @@ def search(
 ) -> None:
     """Find the gallery images most similar to a photo."""
     from geosleuth.imageio import load_image
-    from geosleuth.index.store import EncoderIdentity, GalleryStore, check_encoder, read_manifest
+    from geosleuth.index.manifest import EncoderIdentity, check_encoder, read_manifest
+    from geosleuth.index.store import GalleryStore
 
     config = state(ctx).config()
     with user_errors():

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from geosleuth.agent.trace.io import trace_file_name
 from geosleuth.config import Config
 from geosleuth.errors import DataFileError
-from geosleuth.eval.run import MISSING_IMAGES_FILE, PREDICTIONS_FILE, TRACES_DIR, run_evaluation, trace_file_name
+from geosleuth.eval.run import run_evaluation
+from geosleuth.eval.run_folder import MISSING_IMAGES_FILE, PREDICTIONS_FILE, TRACES_DIR
 
 MISSING_ID = "images/XX/not_there.jpg"
 CORRUPT_ID = "images/XX/corrupt.jpg"
@@ -133,14 +135,14 @@ def test_more_than_one_percent_degraded_is_refused_unless_allowed(
     tmp_path: Path, degraded: int, allowed: bool, refused: bool
 ) -> None:
     from geosleuth.errors import DegradedResultsError
-    from geosleuth.eval.run import _check_degraded
+    from geosleuth.eval.degraded import check_degraded
 
     stages = {"status": {}, "failures_by_step": {}, "missing_stages": {"vlm": degraded}}
     if refused:
         with pytest.raises(DegradedResultsError, match="2 images without vlm of 100.*--allow-degraded"):
-            _check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
+            check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
     else:
-        title = _check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
+        title = check_degraded(stages, 100, tmp_path, allow_degraded=allowed)
         assert title == f"degraded: {degraded} images without vlm"
 
 

@@ -15,8 +15,10 @@ from geosleuth.errors import DataFileError, GalleryIndexError
 from geosleuth.geo import ReverseGeocoder, haversine_km
 from geosleuth.imageio import load_image
 from geosleuth.index.build import build_store
+from geosleuth.index.faiss_index import IndexSpec
+from geosleuth.index.manifest import INDEX_FILE, METADATA_FILE, EncoderIdentity
 from geosleuth.index.sources import EmbeddingsSource, ImageFolderSource, TableSource, open_source, table_items
-from geosleuth.index.store import INDEX_FILE, METADATA_FILE, EncoderIdentity, GalleryStore, IndexSpec
+from geosleuth.index.store import GalleryStore
 from geosleuth.testing import photos
 from geosleuth.testing.synthetic import COUNTRIES, JITTER_KM, MP16_COLUMNS
 from geosleuth.types import GalleryNeighbor

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from geosleuth.cli import app
+from geosleuth.index.manifest import EncoderIdentity
 from geosleuth.index.sources import write_encoder_sidecar
-from geosleuth.index.store import EncoderIdentity
 from geosleuth.testing import photos
 
 runner = CliRunner()

@@ -14,16 +14,11 @@ import pytest
 
 from geosleuth.errors import GalleryIndexError
 from geosleuth.index.build import build_store
+from geosleuth.index.faiss_index import IndexSpec
+from geosleuth.index.gallery_metadata import place_from_metadata
+from geosleuth.index.manifest import MANIFEST_FILE, EncoderIdentity
 from geosleuth.index.sources import EmbeddingsSource
-from geosleuth.index.store import (
-    MANIFEST_FILE,
-    MAX_INITIAL_OVERFETCH,
-    EncoderIdentity,
-    GalleryStore,
-    ImageGallery,
-    IndexSpec,
-    place_from_metadata,
-)
+from geosleuth.index.store import MAX_INITIAL_OVERFETCH, GalleryStore, ImageGallery
 
 DIM = 32
 IDENTITY = EncoderIdentity(name="test-encoder", model_id="local/test", weights_hash="a" * 64, dim=DIM)

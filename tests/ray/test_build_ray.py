@@ -56,8 +56,8 @@ def test_ray_resume_embeds_only_the_missing_shards_and_gives_the_whole_store(ray
     from geosleuth.index.build import build_store
     from geosleuth.index.build_ray import RayBuildOptions, ray_shard_engine
     from geosleuth.index.encoders import create_image_encoder
+    from geosleuth.index.manifest import EncoderIdentity
     from geosleuth.index.sources import TableSource
-    from geosleuth.index.store import EncoderIdentity
     from geosleuth.testing.synthetic import make_synthetic_gallery
 
     source = TableSource(make_synthetic_gallery(tmp_path / "gallery", n_per_country=3, countries=("FR", "JP", "BR")))
