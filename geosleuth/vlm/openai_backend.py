@@ -159,6 +159,9 @@ class OpenAIBackend:
                 }
                 for t in request.tools
             ]
+            # One call per turn (the loop runs one at a time); with vLLM 0.32's hermes parser this is
+            # also what makes "required" come back as parsed calls rather than <tool_call> text.
+            kwargs["parallel_tool_calls"] = False
             choice = request.tool_choice
             kwargs["tool_choice"] = (
                 choice if choice in ("auto", "required", "none") else {"type": "function", "function": {"name": choice}}

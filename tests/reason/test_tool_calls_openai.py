@@ -53,6 +53,7 @@ def test_tools_and_history_go_out_in_the_openai_shape_and_calls_come_back(double
     assert body["tools"] == [{"type": "function", "function": {
         "name": "zoom", "description": "look closer", "parameters": ZOOM.parameters}}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "zoom"}}
+    assert body["parallel_tool_calls"] is False
     assert "response_format" not in body
     assistant, tool = body["messages"][1:]
     assert assistant["tool_calls"] == [{"id": "call-a", "type": "function",

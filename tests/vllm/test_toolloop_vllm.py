@@ -9,7 +9,9 @@ but not its arguments to the tool's schema (measured: a named call comes back wi
 ``"13312"``). So what must hold is the plumbing: the tools and the named choice reach the server, its
 ``tool_calls`` are parsed, a call whose arguments are not an object is told to the model as a failed
 call (the server accepts the assistant tool-call turn and the tool result that follow), the last
-call is forced to ``submit``, and the loop ends at ``submit`` or its tool-call budget.
+call is forced to ``submit``, and the loop ends at ``submit`` or its tool-call budget. ``tool_choice =
+"required"`` (the loop's default) comes back as a parsed call because the backend sends
+``parallel_tool_calls = false``; without it the hermes path returned ``<tool_call>`` text and no calls.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from geosleuth.agent.toolloop.state import STOP_SUBMITTED, STOP_TOOL_CALLS, Budg
 from geosleuth.agent.tools.registry import Tool, ToolContext, ToolObservation, ToolRegistry
 from geosleuth.config import Config
 from geosleuth.types import Hypothesis, RetrievalResult
-from geosleuth.vlm.backends import ChatMessage
+from geosleuth.vlm.backends import ChatMessage, VLMRequest
 from geosleuth.vlm.openai_backend import OpenAIBackend
 from geosleuth.vlm.server import VLLMServer, tool_call_parser_for
 
@@ -101,8 +103,7 @@ def test_one_tool_loop_completes_against_a_real_vllm_server(tool_server: str) ->
         backend=backend, registry=registry, tool_context=context, specs=tool_specs(registry),
         budget=Budget(max_tool_calls=2, max_tokens=2000, max_seconds=600), max_new_tokens=200, temperature=1.0,
         clock=(time.time(), time.perf_counter()),
-        # A named tool: vLLM returns it as a parsed tool call (with "required" and the hermes parser a
-        # random model writes <tool_call> text that no parser reads).
+        # A named tool, so the turns are known (the random model picks among tools at random).
         tool_choice="note",
     )
     start = {"messages": [ChatMessage("user", "Where was this photo taken? Use the tools.", [picture])],
@@ -129,6 +130,22 @@ def test_one_tool_loop_completes_against_a_real_vllm_server(tool_server: str) ->
             assert "not a JSON object" in (call.error or ""), call.error
     assert final["stop_reason"] in (STOP_SUBMITTED, STOP_TOOL_CALLS)
     assert (final.get("answer") is not None) == (final["stop_reason"] == STOP_SUBMITTED)
+
+
+def test_required_tool_choice_comes_back_as_a_parsed_call(tool_server: str) -> None:
+    registry = ToolRegistry([NoteTool(), SubmitNoteTool()])
+    request = VLMRequest([ChatMessage("user", "Call a tool.")], n=1, temperature=1.0, max_tokens=64,
+                         tools=tool_specs(registry), tool_choice="required")
+    backend = _backend(tool_server)
+
+    async def run() -> list:
+        try:
+            return await backend.generate(request)
+        finally:
+            await backend.aclose()
+
+    [reply] = asyncio.run(run())
+    assert [call.name in ("note", "submit") for call in reply.tool_calls] == [True], (reply.text, reply.tool_calls)
 
 
 def test_a_server_without_tool_flags_is_found_by_the_preflight_probe(vllm_server) -> None:
