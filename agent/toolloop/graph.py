@@ -116,7 +116,7 @@ async def model_turn(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dic
     inputs = {"turn": turn, "max_tokens": max_tokens, "tool_choice": choice}
     try:
         replies = await asyncio.wait_for(generate_tool_calls(ctx.backend, request), _seconds_left(state, ctx.budget))
-    except TimeoutError:
+    except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
         error = f"the model turn did not finish within the wall-time budget ({ctx.budget.max_seconds:g} s)"
         return {"stop_reason": STOP_SECONDS, "pending": [], "turns": turn,
                 "events": [_event(ctx, "tool-loop:model", started, inputs, {}, error=error)]}
@@ -192,7 +192,7 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
             )
         except ToolError as exc:
             error = str(exc)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             error = f"{call.name} did not finish within the wall-time budget"
             update["stop_reason"] = STOP_SECONDS
         except Exception as exc:  # a tool's bug is the model's observation too, never a crash of the run
