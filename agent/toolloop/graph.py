@@ -146,7 +146,9 @@ async def model_turn(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dic
     }
     # A reply that calls nothing is a failed call: the tools node tells the model so.
     pending = calls or [ToolCall(name="", arguments=None, raw=reply.text, id=f"call-{turn}-0")]
-    assistant = ChatMessage("assistant", reply.text, tool_calls=list(pending))
+    # Nameless "calls" (no call, or an action that did not parse) stay out of the turn's tool calls: a
+    # server would refuse them; the model's text shows what it sent.
+    assistant = ChatMessage("assistant", reply.text, tool_calls=[c for c in pending if c.name])
     return {
         "messages": [*state["messages"], assistant],
         "pending": pending,
@@ -201,7 +203,7 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
         step = f"tool:{call.name or 'invalid'}"
         if observation is None:
             events.append(_event(ctx, step, started, inputs, {}, error=error))
-            messages.append(ChatMessage("tool", f"error: {error}", tool_call_id=call.id))
+            messages.append(_result_message(call, f"error: {error}"))
             if "stop_reason" in update:
                 break
             continue
@@ -212,7 +214,7 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
             "images": len(observation.images),
             "answer": observation.answer.model_dump(mode="json") if observation.answer is not None else None,
         }))
-        messages.append(ChatMessage("tool", observation.text[:MAX_OBSERVATION_CHARS], tool_call_id=call.id))
+        messages.append(_result_message(call, observation.text[:MAX_OBSERVATION_CHARS]))
         if observation.images:  # tool messages carry text only: pictures follow as the user's turn
             messages = _without_tool_pictures(messages)
             messages.append(ChatMessage("user", f"The pictures from {call.name}:", list(observation.images)))
@@ -222,6 +224,11 @@ async def run_tools(state: ToolLoopState, runtime: Runtime[LoopContext]) -> dict
             break
     return {**update, "messages": messages, "pending": [], "tool_calls": calls_made, "candidates": candidates,
             "events": events}
+
+
+def _result_message(call: ToolCall, text: str) -> ChatMessage:
+    """A call's result as the model reads it: the answer to that call, or (nameless) the user's word."""
+    return ChatMessage("tool", text, tool_call_id=call.id) if call.name else ChatMessage("user", text)
 
 
 def _without_tool_pictures(messages: list[ChatMessage]) -> list[ChatMessage]:

@@ -245,11 +245,15 @@ def test_failed_calls_become_observations_and_the_model_can_still_submit() -> No
     # the model read each failure as the result of its call
     last_messages = backend.requests[-1].messages
     tool_messages = [m for m in last_messages if m.role == "tool"]
-    assert [m.text.startswith("error: ") for m in tool_messages] == [True] * 6
+    assert [m.text.startswith("error: ") for m in tool_messages] == [True] * 5
     assert tool_messages[0].text == f"error: {errors[0]}"
+    # each result answers its call; the reply that called nothing is answered as the user, and a
+    # nameless call is never sent back as a tool call
     assert [m.tool_call_id for m in tool_messages] == [
-        m.tool_calls[0].id for m in last_messages if m.role == "assistant"
+        m.tool_calls[0].id for m in last_messages if m.role == "assistant" and m.tool_calls
     ]
+    assert last_messages[-1].role == "user" and "not a tool call" in last_messages[-1].text
+    assert last_messages[-2].role == "assistant" and last_messages[-2].tool_calls == []
 
 
 def test_the_trace_records_every_call_with_inputs_outputs_and_time() -> None:
