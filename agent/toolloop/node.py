@@ -77,6 +77,7 @@ async def run_tool_loop(
     )
     tool_context = ToolContext(
         image=state["image"],
+        image_path=state["image_path"],  # zoom and read_text crop the full-resolution original
         embeddings=state["embeddings"],
         retrieval=state["retrieval"],
         resources=res,
