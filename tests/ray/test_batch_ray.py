@@ -149,17 +149,19 @@ def test_a_sigkilled_worker_loses_nothing_and_duplicates_nothing(ray_cluster, ra
     killed: list[int] = []
 
     def kill_a_worker(_result) -> None:  # after the first committed shard: SIGKILL one actor process
+        import psutil
+
         if killed:
             return
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        # Only this session's cluster (started by this process): other Ray instances may run here too.
+        for process in psutil.Process().children(recursive=True):
             try:
-                title = cmdline.read_bytes()
-            except OSError:  # the process ended meanwhile
+                title = process.cmdline()
+            except psutil.Error:  # the process ended meanwhile
                 continue
-            if b"MapBatches(LocateActor)" in title:  # Ray names actor processes after their class
-                pid = int(cmdline.parent.name)
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if title and title[0].startswith("ray::LocateActor"):  # Ray names actor processes after their class
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
                 return
 
     out = tmp_path / "r.jsonl"
