@@ -94,7 +94,7 @@ class _CpuAndFileSampler(threading.Thread):
 
         self._me = psutil.Process()
         self._results = results
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self.cpu: dict[tuple[int, float], float] = {}
         self.baseline = self._sample_cpu()  # e.g. an already running Ray instance, before the run
         self.started = time.perf_counter()
@@ -124,12 +124,12 @@ class _CpuAndFileSampler(threading.Thread):
             self.last_line, self._size = now, size
 
     def run(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
+        while not self._done.wait(SAMPLE_S):
             self._sample()
 
     def finish(self) -> float:
         """Stops sampling; the CPU seconds spent since the start by all sampled processes."""
-        self._stop.set()
+        self._done.set()
         self.join()
         self._sample()
         return sum(value - self.baseline.get(key, 0.0) for key, value in self.cpu.items())

@@ -56,6 +56,17 @@ def test_ray_engine_gives_the_local_engines_predictions(ray_cluster, ray_photos,
     assert remote["broken.jpg"]["error_type"] == "ImageLoadError"
     assert Prediction.model_validate(remote["sub/br6.png"]["prediction"]).ok
     assert (summary.ok, summary.errors, summary.total) == (8, 1, 9)
+    _assert_the_actors_freed_the_cluster()
+
+
+def _assert_the_actors_freed_the_cluster() -> None:
+    """A run on a cluster that outlives it gives its actors' CPUs back when it ends."""
+    import ray
+
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"CPUs still held after the run: {ray.available_resources()}"
+        time.sleep(0.1)
 
 
 def test_cli_engine_ray_writes_results_traces_and_exports(ray_cluster, ray_photos, ray_config, tmp_path):
