@@ -72,8 +72,9 @@ TraceCallback = Callable[[BatchItem, str], None]
 @dataclass(frozen=True)
 class RayBatchOptions:
     """How the Ray engine runs: ``address`` of a running cluster (None: a local Ray instance),
-    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), images per
-    committed ``shard_size``, images in flight per actor (``concurrency``)."""
+    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), at most
+    ``shard_size`` images per shard (fewer in small runs: at least ``TAIL_SHARDS`` shards per actor),
+    images in flight per actor (``concurrency``)."""
 
     address: str | None = None
     actors: int | None = None
