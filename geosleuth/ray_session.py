@@ -17,19 +17,22 @@ from geosleuth.errors import ConfigError
 INSTALL_HINT = "install it with `pip install 'geosleuth[ray]'` (Ray Data 2.60 or newer)"
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a ConfigError saying how to install it."""
+def import_ray(*, data: bool = True) -> Any:
+    """The ``ray`` module (with Ray Data loaded when ``data``), or a ConfigError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401  (the engines need Ray Data, not only Ray core)
+
+        if data:
+            import ray.data  # noqa: F401  (index build's pipeline; batch needs Ray core only)
     except ImportError as exc:
         raise ConfigError(f"--engine ray needs Ray ({exc}); {INSTALL_HINT}") from None
     return ray
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
-    """A Ray connection for one engine run; yields the ``ray`` module.
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, data: bool = True) -> Iterator[Any]:
+    """A Ray connection for one engine run; yields the ``ray`` module (``data``: with Ray Data loaded and
+    configured, see :func:`configure_ray_data`; without it the driver saves Ray Data's import).
 
     - already connected (``ray.init`` was called by the caller, e.g. a notebook or a test): used as is,
       and left open;
@@ -39,9 +42,10 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     Token authentication (on by default in Ray 2.60) reads ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``
     or ``~/.ray/auth_token``, as Ray documents; nothing here logs or stores the token.
     """
-    ray = import_ray()
+    ray = import_ray(data=data)
     if ray.is_initialized():
-        configure_ray_data()
+        if data:
+            configure_ray_data()
         yield ray
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -63,7 +67,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             "(docs/ray.md) or leave out --address to run on a local Ray instance"
         ) from None
     try:
-        configure_ray_data()
+        if data:
+            configure_ray_data()
         yield ray
     finally:
         ray.shutdown()

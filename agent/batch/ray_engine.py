@@ -1,6 +1,6 @@
-"""Ray Data engine for ``geosleuth batch --engine ray``: the local batch's guarantees, on a Ray cluster.
+"""Ray engine for ``geosleuth batch --engine ray``: the local batch's guarantees, on a Ray cluster.
 
-Pipeline (one Ray Data dataset, streamed)::
+Pipeline (Ray core: a pool of actors fed by the driver)::
 
     inputs (driver: read_batch_input, minus ids already in --out)
       -> shards of ``shard_size`` images
@@ -8,16 +8,23 @@ Pipeline (one Ray Data dataset, streamed)::
          encoders, GPS gallery, gallery store, VLM backend; one GPU per actor when the cluster has
          GPUs) and runs perceive -> retrieve -> reason -> verify -> decide on its shard, with up to
          ``concurrency`` images in flight (requests to one or many OpenAI-compatible vLLM servers)
-      -> driver: commits each finished shard's results through the local engine's Committer
-         (degraded results held back, the circuit breaker)
+      -> driver: commits each finished shard's results, as soon as it arrives, through the local
+         engine's Committer (degraded results held back, the circuit breaker)
+
+Why Ray core and not a Ray Data ``map_batches``: the input is a list of file paths and the output a
+few hundred bytes per photo, so Ray Data's planning, its helper actors (stats, autoscaling, actor
+location: about 3 CPU-s per run here) and its output buffering (a finished shard reached the driver
+only when the whole operator finished) bought nothing; the driver keeps every actor two shards deep
+instead, which is the same back-pressure. docs/ray.md has the measurements.
 
 The results file is the local engine's (``agent/batch/``: same lines, same resume rules, the same
 lock), mirrored as Parquet shards (``agent/batch/parquet.py``: ``results.parquet/``), written only by
 the driver: each line goes out in one write followed by fsync, and a line is done once it is
-complete on disk. A SIGKILL of the driver leaves at most a half-written last
-line, which ``--resume`` removes; a killed worker's shard was never written, and Ray Data re-runs it.
-So a photo is never recorded twice and at most the photos in flight are lost. Image paths must be
-readable on every node (a shared file system); traces come back to the driver and are written there.
+complete on disk. A SIGKILL of the driver leaves at most a half-written last line, which
+``--resume`` removes; a killed worker's shard was never written: Ray restarts the actor and runs the
+shard again (``ACTOR_RESTARTS``). So a photo is never recorded twice and at most the photos in flight
+are lost. Image paths must be readable on every node (a shared file system); traces come back to the
+driver and are written there.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import asyncio
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +59,22 @@ from geosleuth.errors import GeosleuthError, StageUnavailableError
 from geosleuth.types import Prediction
 
 DEFAULT_SHARD_SIZE = 16
+# A killed or crashed actor is restarted (its models load again) and its queued shards re-run, this
+# many times per actor; after that the run stops with Ray's error (committed lines stay, --resume).
+ACTOR_RESTARTS = 3
+# Shards queued per actor: one running, one waiting, so an actor never idles between shards.
+SHARDS_PER_ACTOR = 2
+# Shards per actor at least (smaller shards for small runs), so the last ones finish close together.
+TAIL_SHARDS = 4
 TraceCallback = Callable[[BatchItem, str], None]
 
 
 @dataclass(frozen=True)
 class RayBatchOptions:
     """How the Ray engine runs: ``address`` of a running cluster (None: a local Ray instance),
-    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), images per
-    committed ``shard_size``, images in flight per actor (``concurrency``)."""
+    ``actors`` in the pool (None: one per GPU, else one per ``cpus_per_actor`` CPUs), at most
+    ``shard_size`` images per shard (fewer in small runs: at least ``TAIL_SHARDS`` shards per actor),
+    images in flight per actor (``concurrency``)."""
 
     address: str | None = None
     actors: int | None = None
@@ -77,7 +93,7 @@ class RayBatchOptions:
 
 class LocateActor:
     """One Ray actor: a Geolocator whose models load once, in the constructor; called on a shard of
-    images (a Ray Data batch of ``id``/``path`` columns), returns one results line per image."""
+    images (``id`` and ``path`` lists), returns one results line per image."""
 
     def __init__(
         self, config: dict[str, Any], top_k: int | None, with_trace: bool, concurrency: int,
@@ -98,19 +114,20 @@ class LocateActor:
             self._loop.run_until_complete(self._geo.acheck_ready())
         except GeosleuthError as exc:
             # Raised from __call__ instead: Ray reports a failed constructor as a bare ActorDiedError
-            # (and retries it), while a task's exception reaches the driver as itself.
+            # (and restarts the actor), while data reaches the driver as it is.
             self._setup_error = exc
 
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        """``batch``: a pyarrow Table with ``id`` and ``path`` columns. A setup error or a fatal error
-        comes back as data (one row whose ``stop`` holds it), so the driver raises exactly it, not
-        Ray's wrapping of it."""
+    def __call__(self, shard: dict[str, list[str]]) -> dict[str, list[Any]]:
+        """``shard``: ``{"id": [...], "path": [...]}``. A setup error or a fatal error comes back as
+        data (one row whose ``stop`` holds it), so the driver raises exactly it, not Ray's wrapping
+        of it."""
         try:
             if self._setup_error is not None:
                 raise self._setup_error
-            ids, paths = batch.column("id").to_pylist(), batch.column("path").to_pylist()
-            items = [BatchItem(str(i), str(p)) for i, p in zip(ids, paths, strict=True)]
-            outcomes = self._loop.run_until_complete(self._run(items))
+            items = [BatchItem(str(i), str(p)) for i, p in zip(shard["id"], shard["path"], strict=True)]
+            outcomes = self._loop.run_until_complete(
+                _locate_shard(self._geo, items, self._top_k, self._with_trace, self._concurrency, self._fatal)
+            )
         except (GeosleuthError, *self._fatal) as exc:
             return {"id": [""], "result": [b""], "trace": [""], "stop": [pickle.dumps(exc)]}
         return {
@@ -122,23 +139,30 @@ class LocateActor:
             "stop": [b""] * len(outcomes),
         }
 
-    async def _run(self, items: list[BatchItem]) -> list[tuple[BatchResult, str]]:
-        gate = asyncio.Semaphore(self._concurrency)
-        traces: dict[str, str] = {}
 
-        async def locate(item: BatchItem) -> Prediction:
-            if not self._with_trace:
-                return await self._geo.alocate(item.path, top_k=self._top_k)
-            prediction, trace = await self._geo.alocate_with_trace(item.path, top_k=self._top_k)
-            traces[item.id] = trace.model_dump_json()
-            return prediction
+async def _locate_shard(
+    geo: Any, items: list[BatchItem], top_k: int | None, with_trace: bool, concurrency: int,
+    fatal: tuple[type[BaseException], ...],
+) -> list[tuple[BatchResult, str]]:
+    """One shard through ``geo`` (a Geolocator), up to ``concurrency`` images in flight; each result
+    with its trace JSON ("" without ``with_trace``). A function, not a LocateActor method: Ray turns
+    a class with any coroutine method into an async actor, which runs calls concurrently."""
+    gate = asyncio.Semaphore(concurrency)
+    traces: dict[str, str] = {}
 
-        async def one(item: BatchItem) -> tuple[BatchResult, str]:
-            async with gate:
-                result = await locate_one(item, locate, self._fatal)
-            return result, traces.pop(item.id, "")
+    async def locate(item: BatchItem) -> Prediction:
+        if not with_trace:
+            return await geo.alocate(item.path, top_k=top_k)
+        prediction, trace = await geo.alocate_with_trace(item.path, top_k=top_k)
+        traces[item.id] = trace.model_dump_json()
+        return prediction
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    async def one(item: BatchItem) -> tuple[BatchResult, str]:
+        async with gate:
+            result = await locate_one(item, locate, fatal)
+        return result, traces.pop(item.id, "")
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def run_ray_batch(
@@ -173,7 +197,7 @@ def run_ray_batch(
     """
     from geosleuth.ray_session import import_ray, ray_session, unwrap_task_error
 
-    import_ray()  # fails (saying how to install Ray) before anything is written
+    import_ray(data=False)  # fails (saying how to install Ray) before anything is written
     options = options or RayBatchOptions()
     item_list = list(items)
     check_unique(item_list, [f"item {i}" for i in range(len(item_list))], Path("batch input"))
@@ -200,7 +224,7 @@ def run_ray_batch(
         started = time.perf_counter()
         try:
             if pending:
-                with ray_session(options.address, num_cpus=options.local_cpus) as ray:
+                with ray_session(options.address, num_cpus=options.local_cpus, data=False) as ray:
                     shards = _shards(ray, pending, config, options, top_k, on_trace is not None, fatal_errors)
                     asyncio.run(_commit_all(shards, committer, breaker, mirror, done, on_trace))
         except StageUnavailableError:
@@ -253,25 +277,39 @@ async def _commit_all(
 def _shards(
     ray: Any, pending: Sequence[BatchItem], config: Config, options: RayBatchOptions, top_k: int | None,
     with_trace: bool, fatal_errors: tuple[type[BaseException], ...],
-) -> Iterable[dict[str, Any]]:
-    """The Ray Data pipeline; yields each finished shard (columns id, result, trace)."""
+) -> Iterator[dict[str, Any]]:
+    """Runs ``pending`` on a pool of LocateActors; yields each finished shard (columns id, result,
+    trace, stop) as soon as it is done, in completion order. The actors are killed when the
+    generator ends (also when the driver stops taking shards early), so they free the cluster's
+    resources at once, also on a cluster that outlives the run."""
     from geosleuth.ray_session import default_actors, gpus_per_actor
 
-    actors = options.actors or default_actors(ray, options.cpus_per_actor)
-    shards = -(-len(pending) // options.shard_size)
-    dataset = ray.data.from_items(
-        [{"id": item.id, "path": item.path} for item in pending], override_num_blocks=shards
-    ).map_batches(
-        LocateActor,
-        fn_constructor_kwargs={
-            "config": config.model_dump(mode="json"), "top_k": top_k, "with_trace": with_trace,
-            "concurrency": options.concurrency, "fatal_errors": fatal_errors,
-        },
-        batch_size=options.shard_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(actors, shards)),
-        num_cpus=options.cpus_per_actor,
-        num_gpus=gpus_per_actor(ray),
+    wanted = options.actors or default_actors(ray, options.cpus_per_actor)
+    # Shards no larger than a quarter of an actor's share, so that at the end no actor runs a whole
+    # shard alone while the others idle (small runs); never larger than asked.
+    shard_size = max(1, min(options.shard_size, -(-len(pending) // (wanted * TAIL_SHARDS))))
+    queue = deque(
+        {"id": [item.id for item in chunk], "path": [item.path for item in chunk]}
+        for chunk in (pending[i : i + shard_size] for i in range(0, len(pending), shard_size))
     )
-    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield block.to_pydict()
+    size = min(wanted, len(queue))
+    actor_class = ray.remote(LocateActor).options(
+        num_cpus=options.cpus_per_actor, num_gpus=gpus_per_actor(ray),
+        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
+    )
+    arguments = (config.model_dump(mode="json"), top_k, with_trace, options.concurrency, fatal_errors)
+    actors = [actor_class.remote(*arguments) for _ in range(size)]
+    queued = {index: 0 for index in range(size)}
+    in_flight: dict[Any, int] = {}  # shard result ref -> its actor's index
+    try:
+        while queue or in_flight:
+            for index in range(size):
+                while queue and queued[index] < SHARDS_PER_ACTOR:
+                    in_flight[actors[index].__call__.remote(queue.popleft())] = index
+                    queued[index] += 1
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            queued[in_flight.pop(ref)] -= 1
+            yield ray.get(ref)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -36,7 +37,11 @@ class TextReader:
                 raise RuntimeError(
                     "OCR needs the 'rapidocr-onnxruntime' package: reinstall geosleuth (bash scripts/install.sh)"
                 ) from exc
-            self._engine = RapidOCR()
+            # onnxruntime ignores OMP_NUM_THREADS and starts a thread per core in every process: Ray sets
+            # it to each actor's CPUs, and two actors on two cores then spent ~15 % more CPU (docs/ray.md).
+            threads = _thread_limit()
+            limits = {"intra_op_num_threads": threads, "inter_op_num_threads": threads} if threads else {}
+            self._engine = RapidOCR(**limits)
         return self._engine
 
     def read(self, image: Image.Image, box: tuple[float, float, float, float] | None = None) -> list[TextRegion]:
@@ -75,3 +80,9 @@ def _clip_box(box: tuple[float, float, float, float], size: tuple[int, int]) -> 
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise ValueError(f"box {box} holds no pixels of a {width}x{height} image")
     return x0, y0, x1, y1
+
+
+def _thread_limit() -> int | None:
+    """OMP_NUM_THREADS when set to a positive number (the usual cap on a process's compute threads)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None

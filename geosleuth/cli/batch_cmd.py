@@ -141,7 +141,7 @@ def batch(
     trace_dir: Path | None = typer.Option(None, "--trace-dir", help="write one trace JSON per image here"),
     top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="alternatives per image"),
     engine: EngineChoice = typer.Option(
-        EngineChoice.local, "--engine", help="local: this process; ray: a Ray Data pipeline (docs/ray.md)"
+        EngineChoice.local, "--engine", help="local: this process; ray: a pool of Ray actors (docs/ray.md)"
     ),
     address: str | None = typer.Option(
         None, "--address", help="with --engine ray: the Ray cluster (HOST:PORT or auto; default: a local Ray)"

@@ -56,6 +56,17 @@ def test_ray_engine_gives_the_local_engines_predictions(ray_cluster, ray_photos,
     assert remote["broken.jpg"]["error_type"] == "ImageLoadError"
     assert Prediction.model_validate(remote["sub/br6.png"]["prediction"]).ok
     assert (summary.ok, summary.errors, summary.total) == (8, 1, 9)
+    _assert_the_actors_freed_the_cluster()
+
+
+def _assert_the_actors_freed_the_cluster() -> None:
+    """A run on a cluster that outlives it gives its actors' CPUs back when it ends."""
+    import ray
+
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"CPUs still held after the run: {ray.available_resources()}"
+        time.sleep(0.1)
 
 
 def test_cli_engine_ray_writes_results_traces_and_exports(ray_cluster, ray_photos, ray_config, tmp_path):
@@ -149,17 +160,19 @@ def test_a_sigkilled_worker_loses_nothing_and_duplicates_nothing(ray_cluster, ra
     killed: list[int] = []
 
     def kill_a_worker(_result) -> None:  # after the first committed shard: SIGKILL one actor process
+        import psutil
+
         if killed:
             return
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        # Only this session's cluster (started by this process): other Ray instances may run here too.
+        for process in psutil.Process().children(recursive=True):
             try:
-                title = cmdline.read_bytes()
-            except OSError:  # the process ended meanwhile
+                title = process.cmdline()
+            except psutil.Error:  # the process ended meanwhile
                 continue
-            if b"MapBatches(LocateActor)" in title:  # Ray names actor processes after their class
-                pid = int(cmdline.parent.name)
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if title and title[0].startswith("ray::LocateActor"):  # Ray names actor processes after their class
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
                 return
 
     out = tmp_path / "r.jsonl"
