@@ -5,6 +5,7 @@ The default in-process VLM's shapes (llava-interleave-qwen-0.5b, random weights,
 
 - the vision tower on one 384 px image (729 image tokens);
 - the prefill of a prompt of --prompt-tokens tokens;
+- the same with ``vlm.quantize = "int8"`` (int8 weights, float32 activations; static cache only);
 - decoding steps of a batch of 2 rows (the CPU recipe's two prompts) over a key/value cache of
   --context tokens (image + prompt), with a growing (dynamic) cache and a preallocated (static) one.
   The cache is filled with random keys and values instead of a prefill (same shapes, same work per step).
@@ -79,6 +80,7 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText
 
     from geosleuth.devices import cpu_has_native_bfloat16
+    from geosleuth.vlm.quantize import quantize_int8
 
     # The model builder of the first-run bench (a sibling script, not a package).
     spec = importlib.util.spec_from_file_location("bench_first_run", Path(__file__).with_name("bench_first_run.py"))
@@ -111,6 +113,18 @@ def main() -> None:
         for kind in ("dynamic", "static"):
             label = f"decode step, 2 rows, {args.context}-token {kind} cache"
             rows[name][label] = decode_steps(model, dtype, kind, args.context, 2, args.steps)
+    # vlm.quantize=int8 (opt-in): float32 activations, int8 weights per channel.
+    model.to(torch.float32)
+    int8 = quantize_int8(model)
+    with torch.inference_mode():
+        rows["int8"] = {
+            "vision tower (1 image)": timed(lambda: int8.model.get_image_features(pixel_values=pixels)),
+            f"prefill ({args.prompt_tokens} tokens)": timed(
+                lambda: int8.model.language_model(input_ids=prompt, use_cache=False)
+            ),
+        }
+    label = f"decode step, 2 rows, {args.context}-token static cache"
+    rows["int8"][label] = decode_steps(int8, torch.float32, "static", args.context, 2, args.steps)
     baseline = rows["float32"]
     for name, measured in rows.items():
         for label, (cpu, wall) in measured.items():
