@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("bench_first_run", Path(__file__).with_name("bench_first_run.py"))
     assert spec is not None and spec.loader is not None
     first_run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = first_run  # its dataclasses look their module up
     spec.loader.exec_module(first_run)
     build_llava_interleave_05b = first_run.build_llava_interleave_05b
 

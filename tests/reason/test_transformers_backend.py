@@ -193,3 +193,30 @@ def test_int8_refuses_a_gpu_or_a_half_precision_dtype(tiny_vlm_dir: Path, make_c
     with pytest.raises(ConfigError, match="vlm.quantize=int8 computes in float32"):
         TransformersBackend(make_config(**{"vlm.model": str(tiny_vlm_dir), "vlm.quantize": "int8",
                                            "vlm.dtype": "bfloat16"}).vlm)
+
+
+def test_the_batch_worker_decodes_on_all_the_loading_threads_cores(tiny_vlm_dir: Path, make_config, image) -> None:
+    """A thread inherits torch's thread count last set anywhere (the GPS gallery's scan sets 1 on its
+    own worker): the backend's worker, started later, must still use the cores the loader had."""
+    import threading
+
+    cores = torch.get_num_threads()
+    if cores < 2:
+        pytest.skip("one torch thread here: nothing to lose")
+
+    def set_threads(n: int) -> None:
+        worker = threading.Thread(target=torch.set_num_threads, args=(n,))
+        worker.start()
+        worker.join()
+
+    backend = TransformersBackend(make_config(**{"vlm.model": str(tiny_vlm_dir)}).vlm)
+    seen: list[int] = []
+    request = VLMRequest([ChatMessage("user", "Where is this?", [image])], n=1, temperature=0.0, max_tokens=4,
+                         on_tokens=lambda _count: seen.append(torch.get_num_threads()))
+    set_threads(1)  # as a one-thread worker elsewhere in the process does
+    try:
+        asyncio.run(backend.generate(request))
+    finally:
+        set_threads(cores)  # later threads of this test process get the cores back
+        asyncio.run(backend.aclose())
+    assert seen and set(seen) == {cores}
