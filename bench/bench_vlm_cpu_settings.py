@@ -1,14 +1,15 @@
 """Where the CPU recipe's VLM time goes, and what the CPU settings buy: side by side in one process.
 
 The default in-process VLM's shapes (llava-interleave-qwen-0.5b, random weights, built once by
-``bench_first_run.py``) are timed piece by piece in float32 and in bfloat16:
+``bench_first_run.py``) are timed piece by piece in float32, in bfloat16 and with
+``vlm.quantize = "int8"`` (int8 weights, float32 activations), each piece for all three back to back:
 
 - the vision tower on one 384 px image (729 image tokens);
 - the prefill of a prompt of --prompt-tokens tokens;
-- the same with ``vlm.quantize = "int8"`` (int8 weights, float32 activations; static cache only);
 - decoding steps of a batch of 2 rows (the CPU recipe's two prompts) over a key/value cache of
-  --context tokens (image + prompt), with a growing (dynamic) cache and a preallocated (static) one.
-  The cache is filled with random keys and values instead of a prefill (same shapes, same work per step).
+  --context tokens (image + prompt), with a growing (dynamic) cache and a preallocated (static) one
+  (int8: static only). The cache is filled with random keys and values instead of a prefill (same
+  shapes, same work per step).
 
 Prints CPU seconds (this process, all threads) and wall seconds of each, and each variant's CPU time
 as a ratio of float32's. Other processes' load inflates wall time; the ratios, measured in the same
@@ -20,6 +21,7 @@ run, are what to compare. Assumed: random weights (speed does not depend on the 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import sys
@@ -96,44 +98,47 @@ def main() -> None:
           f"native bfloat16: {cpu_has_native_bfloat16()}")
     model_dir = build_llava_interleave_05b(args.work_dir / "llava-interleave-qwen-0.5b-random")
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # Every variant in memory at once, so each piece is timed for all of them back to back (the
+    # machine's load changes less between them than over the whole run).
+    variants: dict[str, tuple[Any, Any]] = {
+        "float32": (model, torch.float32),
+        "bfloat16": (copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16),
+        "int8": (quantize_int8(model), torch.float32),  # vlm.quantize=int8: a quantized copy
+    }
     pixels = torch.randn(1, 3, 384, 384)
     prompt = torch.randint(10, 400, (1, args.prompt_tokens))
-    rows: dict[str, dict[str, tuple[float, float]]] = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        model.to(dtype)
-        name = str(dtype).removeprefix("torch.")
-        typed_pixels = pixels.to(dtype)
-        with torch.inference_mode():
-            rows[name] = {
-                "vision tower (1 image)": timed(
-                    lambda: model.model.get_image_features(pixel_values=typed_pixels)  # noqa: B023 - called at once
-                ),
-                f"prefill ({args.prompt_tokens} tokens)": timed(
-                    lambda: model.model.language_model(input_ids=prompt, use_cache=False)
-                ),
-            }
-        for kind in ("dynamic", "static"):
-            label = f"decode step, 2 rows, {args.context}-token {kind} cache"
-            rows[name][label] = decode_steps(model, dtype, kind, args.context, 2, args.steps)
-    # vlm.quantize=int8 (opt-in): float32 activations, int8 weights per channel.
-    model.to(torch.float32)
-    int8 = quantize_int8(model)
-    with torch.inference_mode():
-        rows["int8"] = {
-            "vision tower (1 image)": timed(lambda: int8.model.get_image_features(pixel_values=pixels)),
-            f"prefill ({args.prompt_tokens} tokens)": timed(
-                lambda: int8.model.language_model(input_ids=prompt, use_cache=False)
-            ),
-        }
-    label = f"decode step, 2 rows, {args.context}-token static cache"
-    rows["int8"][label] = decode_steps(int8, torch.float32, "static", args.context, 2, args.steps)
-    baseline = rows["float32"]
-    for name, measured in rows.items():
-        for label, (cpu, wall) in measured.items():
-            reference = baseline[label][0] if "decode" not in label else baseline[label.replace("static", "dynamic")][0]
-            print(f"{name:9} {label:<48} {cpu:7.2f} s CPU {wall:7.2f} s wall  "
-                  f"{cpu / reference:.2f}x float32{' dynamic' if 'decode' in label else ''} CPU")
 
+    def vision(variant: Any, dtype: Any) -> tuple[float, float]:
+        typed = pixels.to(dtype)
+        with torch.inference_mode():
+            return timed(lambda: variant.model.get_image_features(pixel_values=typed))
+
+    def prefill(variant: Any, dtype: Any) -> tuple[float, float]:
+        with torch.inference_mode():
+            return timed(lambda: variant.model.language_model(input_ids=prompt, use_cache=False))
+
+    pieces: list[tuple[str, Callable[[Any, Any], tuple[float, float]]]] = [
+        ("vision tower (1 image)", vision),
+        (f"prefill ({args.prompt_tokens} tokens)", prefill),
+    ]
+    for kind in ("dynamic", "static"):
+        pieces.append((
+            f"decode step, 2 rows, {args.context}-token {kind} cache",
+            lambda variant, dtype, kind=kind: decode_steps(variant, dtype, kind, args.context, 2, args.steps),
+        ))
+    # Ratios: each row's CPU time against float32's on the same piece; decoding rows against
+    # float32 with a dynamic cache (what the backend did before it preallocated the cache).
+    reference: dict[str, float] = {}
+    for label, measure in pieces:
+        for name, (variant, dtype) in variants.items():
+            if name == "int8" and "dynamic" in label:
+                continue  # the backend always decodes into a static cache
+            cpu, wall = measure(variant, dtype)
+            if name == "float32":
+                reference.setdefault(label.replace("static", "dynamic"), cpu)
+            against = reference[label.replace("static", "dynamic")]
+            print(f"{label:<46} {name:9} {cpu:7.2f} s CPU {wall:7.2f} s wall  {cpu / against:.2f}x float32"
+                  f"{' (dynamic cache)' if 'decode' in label else ''}", flush=True)
 
 if __name__ == "__main__":
     main()
