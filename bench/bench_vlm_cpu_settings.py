@@ -7,9 +7,8 @@ The default in-process VLM's shapes (llava-interleave-qwen-0.5b, random weights,
 - the vision tower on one 384 px image (729 image tokens);
 - the prefill of a prompt of --prompt-tokens tokens;
 - decoding steps of a batch of 2 rows (the CPU recipe's two prompts) over a key/value cache of
-  --context tokens (image + prompt), with a growing (dynamic) cache and a preallocated (static) one
-  (int8: static only). The cache is filled with random keys and values instead of a prefill (same
-  shapes, same work per step).
+  --context tokens (image + prompt), the growing cache the backend uses. The cache is filled with
+  random keys and values instead of a prefill (same shapes, same work per step).
 
 Prints CPU seconds (this process, all threads) and wall seconds of each, and each variant's CPU time
 as a ratio of float32's. Other processes' load inflates wall time; the ratios, measured in the same
@@ -38,17 +37,14 @@ def timed(run: Callable[[], Any]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def decode_steps(model: Any, dtype: Any, cache_kind: str, context: int, rows: int, steps: int) -> tuple[float, float]:
+def decode_steps(model: Any, dtype: Any, context: int, rows: int, steps: int) -> tuple[float, float]:
     """(CPU, wall) seconds per decoding step of ``rows`` rows over a cache of ``context`` tokens."""
     import torch
-    from transformers import DynamicCache, StaticCache
+    from transformers import DynamicCache
 
     config = model.config.text_config
     heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
-    if cache_kind == "static":
-        cache = StaticCache(config=config, max_cache_len=context + steps)
-    else:
-        cache = DynamicCache(config=config)
+    cache = DynamicCache(config=config)
     language_model, head = model.model.language_model, model.lm_head
     with torch.inference_mode():
         for layer in range(config.num_hidden_layers):
@@ -121,24 +117,17 @@ def main() -> None:
         ("vision tower (1 image)", vision),
         (f"prefill ({args.prompt_tokens} tokens)", prefill),
     ]
-    for kind in ("dynamic", "static"):
-        pieces.append((
-            f"decode step, 2 rows, {args.context}-token {kind} cache",
-            lambda variant, dtype, kind=kind: decode_steps(variant, dtype, kind, args.context, 2, args.steps),
-        ))
-    # Ratios: each row's CPU time against float32's on the same piece; decoding rows against
-    # float32 with a dynamic cache (what the backend did before it preallocated the cache).
-    reference: dict[str, float] = {}
+    pieces.append((
+        f"decode step, 2 rows, {args.context}-token cache",
+        lambda variant, dtype: decode_steps(variant, dtype, args.context, 2, args.steps),
+    ))
     for label, measure in pieces:
+        reference = 0.0
         for name, (variant, dtype) in variants.items():
-            if name == "int8" and "dynamic" in label:
-                continue  # the backend always decodes into a static cache
             cpu, wall = measure(variant, dtype)
-            if name == "float32":
-                reference.setdefault(label.replace("static", "dynamic"), cpu)
-            against = reference[label.replace("static", "dynamic")]
-            print(f"{label:<46} {name:9} {cpu:7.2f} s CPU {wall:7.2f} s wall  {cpu / against:.2f}x float32"
-                  f"{' (dynamic cache)' if 'decode' in label else ''}", flush=True)
+            reference = reference or cpu  # float32 comes first
+            ratio = cpu / reference
+            print(f"{label:<40} {name:9} {cpu:7.2f} s CPU {wall:7.2f} s wall  {ratio:.2f}x float32", flush=True)
 
 if __name__ == "__main__":
     main()

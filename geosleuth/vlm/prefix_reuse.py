@@ -20,15 +20,11 @@ MIN_SHARED_TOKENS = 32
 SUPPORTED_MODEL_TYPES = ("llava",)
 
 
-def shared_prefix_inputs(
-    model: Any, inputs: Any, pad_token_id: int, *, max_new_tokens: int | None = None
-) -> tuple[dict[str, Any], int] | None:
+def shared_prefix_inputs(model: Any, inputs: Any, pad_token_id: int) -> tuple[dict[str, Any], int] | None:
     """``generate`` keyword arguments that start from an encoded shared prefix, and the length of
     the prompt part of ``generate``'s output; None when the batch does not qualify.
 
     ``inputs``: the processor's left-padded batch (``input_ids``, ``attention_mask``, ``pixel_values``).
-    ``max_new_tokens``: when given, the cache handed on is a preallocated static cache with room for
-    the prompt and that many new tokens (see :func:`static_copy`).
     """
     import torch
 
@@ -66,23 +62,7 @@ def shared_prefix_inputs(
         batch_ids[row, shared + width - len(suffix) :] = suffix
         batch_mask[row, :shared] = 1
         batch_mask[row, shared + width - len(suffix) :] = 1
-    if max_new_tokens is not None:
-        cache = static_copy(model, cache, shared + width + max_new_tokens)
     return {"input_ids": batch_ids, "attention_mask": batch_mask, _cache_argument(): cache}, shared + width
-
-
-def static_copy(model: Any, cache: Any, max_length: int) -> Any:
-    """A preallocated ``StaticCache`` of ``max_length`` positions holding ``cache``'s keys and values.
-
-    A growing (dynamic) cache is re-concatenated at every decoding step, so each new token copies
-    the whole cache: with an image's 729 tokens and a long prompt that copy costs as much as a good
-    part of the step on a CPU. A static cache writes each new token in place."""
-    from transformers import StaticCache
-
-    static = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=max_length)
-    for index, layer in enumerate(cache.layers):
-        static.update(layer.keys, layer.values, index)
-    return static
 
 
 def _cache_argument() -> str:

@@ -93,7 +93,6 @@ class TransformersBackend:
         takes_kwargs = "processor_kwargs" in inspect.signature(self.processor.apply_chat_template).parameters
         self._padding: dict[str, Any] = {"processor_kwargs": {"padding": True}} if takes_kwargs else {"padding": True}
         self.prefix_reuse = True  # encode a batch's shared image + prompt start once (prefix_reuse.py)
-        self.static_cache = True  # preallocated key/value cache: no per-token copy (prefix_reuse.static_copy)
         self.grammars = SchemaGrammars(tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids)
         self._batcher: MicroBatcher[VLMRequest, list[VLMReply]] = MicroBatcher(
             self._run_batch,
@@ -170,16 +169,10 @@ class TransformersBackend:
         )
         inputs = inputs.to(self.device, dtype=self.model.dtype)
         prompt_length = inputs["input_ids"].shape[1]
-        max_tokens = max(request.max_tokens for request in requests)
-        shared = (
-            shared_prefix_inputs(
-                self.model, inputs, self.pad_token_id, max_new_tokens=max_tokens if self.static_cache else None
-            )
-            if self.prefix_reuse
-            else None
-        )
+        shared = shared_prefix_inputs(self.model, inputs, self.pad_token_id) if self.prefix_reuse else None
         if shared is not None:  # the image and common prompt start encoded once for all rows
             inputs, prompt_length = shared
+        max_tokens = max(request.max_tokens for request in requests)
         grammars = [self.grammars.compile(row.schema) if row.schema is not None else None for row in rows]
         hook = DecodeHook(
             grammars,
@@ -196,8 +189,6 @@ class TransformersBackend:
         }
         if temperature > 0:
             options["temperature"] = temperature
-        if shared is None and self.static_cache:
-            options["cache_implementation"] = "static"
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **options)
