@@ -166,8 +166,6 @@ async def reason_node(state: LocateState, runtime: Runtime[Resources]) -> dict[s
         "recipe": config.vlm.recipe,
         "hint": state.get("hint"),
     }
-    if config.vlm.quantize != "none":  # an opt-in that changes the model's numbers: on the record
-        inputs["quantize"] = config.vlm.quantize
     if res.backend is None:
         outputs = {"skipped": "vlm.backend is 'none': answering from retrieval only"}
         return {"reasoning": None, "events": [_event(state, "reason", started, inputs, outputs)]}

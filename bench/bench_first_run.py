@@ -152,7 +152,6 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=REPO / "examples" / "kauai.png")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/geosleuth"), help="GPS-gallery cache")
     parser.add_argument("--vlm-dtype", default="auto", help="vlm.dtype (auto: bfloat16 on CPUs with native bfloat16)")
-    parser.add_argument("--vlm-quantize", default="none", choices=["none", "int8"], help="vlm.quantize (opt-in)")
     args = parser.parse_args()
 
     import torch
@@ -173,7 +172,6 @@ def main() -> None:
         overrides=[
             "vlm.recipe=cpu", "vlm.device=cpu", "encoders.device=cpu", f"encoders.image_model={clip_dir}",
             f"vlm.model={vlm_dir}", f"index.cache_dir={args.cache_dir}", f"vlm.dtype={args.vlm_dtype}",
-            f"vlm.quantize={args.vlm_quantize}",
         ],
         environ={},
     )
@@ -194,7 +192,7 @@ def main() -> None:
     timed = TimedBackend(resources.backend)
     model = timed.inner.model
     vision = model.config.vision_config
-    print(f"VLM: dtype {model.dtype}, quantize {config.vlm.quantize}, attention {model.config._attn_implementation}, "
+    print(f"VLM: dtype {model.dtype}, attention {model.config._attn_implementation}, "
           f"{(vision.image_size // vision.patch_size) ** 2} image tokens per image")
     resources.backend = timed
     pipeline = LocatePipeline(resources)

@@ -1,8 +1,8 @@
 """Where the CPU recipe's VLM time goes, and what the CPU settings buy: side by side in one process.
 
 The default in-process VLM's shapes (llava-interleave-qwen-0.5b, random weights, built once by
-``bench_first_run.py``) are timed piece by piece in float32, in bfloat16 and with
-``vlm.quantize = "int8"`` (int8 weights, float32 activations), each piece for all three back to back:
+``bench_first_run.py``) are timed piece by piece in float32 and in bfloat16 (what ``vlm.dtype = "auto"``
+picks on CPUs with native bfloat16), each piece for both back to back:
 
 - the vision tower on one 384 px image (729 image tokens);
 - the prefill of a prompt of --prompt-tokens tokens;
@@ -79,7 +79,6 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText
 
     from geosleuth.devices import cpu_has_native_bfloat16
-    from geosleuth.vlm.quantize import quantize_int8
 
     # The model builder of the first-run bench (a sibling script, not a package).
     spec = importlib.util.spec_from_file_location("bench_first_run", Path(__file__).with_name("bench_first_run.py"))
@@ -99,7 +98,6 @@ def main() -> None:
     variants: dict[str, tuple[Any, Any]] = {
         "float32": (model, torch.float32),
         "bfloat16": (copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16),
-        "int8": (quantize_int8(model), torch.float32),  # vlm.quantize=int8: a quantized copy
     }
     pixels = torch.randn(1, 3, 384, 384)
     prompt = torch.randint(10, 400, (1, args.prompt_tokens))

@@ -106,12 +106,6 @@ class VLMConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on GPUs and on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32"
     )
-    quantize: Literal["none", "int8"] = Field(
-        "none",
-        description="in-process transformers backend on CPU: int8 = linear layers' weights in int8 (per channel, "
-        "activations quantized on the fly); decoding reads a quarter of float32's bytes. Answer quality is not "
-        "measured here (no real weights offline): opt in",
-    )
     max_batch_size: int = Field(
         8, ge=1, description="in-process transformers backend: requests decoded together in one batch"
     )

@@ -25,7 +25,6 @@ from geosleuth.vlm.backends import VLMReply, VLMRequest, VLMRequestError, downsc
 from geosleuth.vlm.constrained import DecodeHook, SchemaGrammars
 from geosleuth.vlm.microbatch import MicroBatcher
 from geosleuth.vlm.prefix_reuse import shared_prefix_inputs
-from geosleuth.vlm.quantize import int8_load_dtype, quantize_int8
 from geosleuth.vlm.registry import register_backend
 
 if TYPE_CHECKING:
@@ -71,12 +70,10 @@ class TransformersBackend:
                 f"VLM {self.model_id!r} ({self.model_dir}) has no chat template; use an instruction-tuned "
                 "checkpoint whose processor ships one"
             )
-        self.quantize = config.quantize
-        dtype = resolve_dtype(config.dtype, self.device, memory_bound=True)
-        if self.quantize == "int8":
-            dtype = int8_load_dtype(config.dtype, self.device)
         try:
-            self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.model_dir, dtype=resolve_dtype(config.dtype, self.device, memory_bound=True)
+            )
         except (ValueError, KeyError, OSError) as exc:
             raise VLMError(
                 f"cannot load VLM {self.model_id!r} from {self.model_dir} as an image-text-to-text model: {exc}"
@@ -87,8 +84,6 @@ class TransformersBackend:
         self.stop_token_ids = _stop_token_ids(self.model, tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
-        if self.quantize == "int8":  # after reading the head's width: quantized layers hide their weights
-            self.model = quantize_int8(self.model)
         # transformers 5 takes processor options in `processor_kwargs` (and warns about bare ones).
         takes_kwargs = "processor_kwargs" in inspect.signature(self.processor.apply_chat_template).parameters
         self._padding: dict[str, Any] = {"processor_kwargs": {"padding": True}} if takes_kwargs else {"padding": True}
@@ -102,8 +97,7 @@ class TransformersBackend:
         )
 
     def __repr__(self) -> str:
-        quantized = ", int8" if self.quantize == "int8" else ""
-        return f"TransformersBackend(model={self.model_id!r}, device={str(self.device)!r}{quantized})"
+        return f"TransformersBackend(model={self.model_id!r}, device={str(self.device)!r})"
 
     @property
     def batcher(self) -> MicroBatcher[VLMRequest, list[VLMReply]]:

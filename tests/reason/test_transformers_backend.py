@@ -4,14 +4,13 @@ generate path, constrained decoding, micro-batching, and the reason stage end to
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from geosleuth.agent.reason import reason
-from geosleuth.errors import ConfigError, ModelNotAvailableError
+from geosleuth.errors import ModelNotAvailableError
 from geosleuth.prompts.schema import answer_json_schema, answer_token_budget, parse_answer
 from geosleuth.types import GalleryNeighbor, RetrievalResult
 from geosleuth.vlm.backends import ChatMessage, VLMBackend, VLMRequest
@@ -170,27 +169,6 @@ def test_a_shared_image_and_prompt_start_are_encoded_once_with_the_same_answers(
     finally:
         tiny_backend.prefix_reuse = True
     assert answers[True] == answers[False]  # greedy decoding: the same tokens either way
-
-
-def test_int8_weights_on_cpu_still_answer_in_the_schema(tiny_vlm_dir: Path, make_config, image) -> None:
-    backend = TransformersBackend(make_config(**{"vlm.model": str(tiny_vlm_dir), "vlm.quantize": "int8"}).vlm)
-    try:
-        assert "int8" in repr(backend)
-        quantized = [m for m in backend.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
-        assert quantized and not [m for m in backend.model.modules() if type(m) is torch.nn.Linear]  # all of them
-        request = VLMRequest([ChatMessage("user", "Where is this?", [image])], json_schema=answer_json_schema(),
-                             n=1, temperature=0.0, max_tokens=answer_token_budget(chars_per_token=1.0))
-        (reply,) = backend._run_batch([request])[0]
-        assert reply.finish_reason == "stop"
-        json.loads(reply.text, strict=False)  # held to the schema while decoding, as without int8
-    finally:
-        backend._batcher.close()
-
-
-def test_int8_refuses_a_gpu_or_a_half_precision_dtype(tiny_vlm_dir: Path, make_config) -> None:
-    with pytest.raises(ConfigError, match="vlm.quantize=int8 computes in float32"):
-        TransformersBackend(make_config(**{"vlm.model": str(tiny_vlm_dir), "vlm.quantize": "int8",
-                                           "vlm.dtype": "bfloat16"}).vlm)
 
 
 def test_the_batch_worker_decodes_on_all_the_loading_threads_cores(tiny_vlm_dir: Path, make_config, image) -> None:
