@@ -58,7 +58,8 @@ def resolve_dtype(dtype: str, device: torch.device, *, memory_bound: bool = Fals
 
     ``memory_bound``: the model's run time goes to reading weights and caches (token-by-token
     decoding): on a CPU with native bfloat16, 'auto' is bfloat16 there, which halves those reads
-    (measured on 2 cores: vision tower 0.56x, prefill 0.70x, decoding 0.78x the float32 CPU time).
+    (measured on 2 busy cores, ``bench/bench_vlm_cpu_settings.py``: vision tower 0.55-0.58x, prefill
+    0.26-0.70x, decoding 0.21-0.78x the float32 CPU time).
     Encoders keep float32 on CPU, so query embeddings match a float32 index exactly."""
     import torch
 
