@@ -68,6 +68,8 @@ _SOURCE_NAMES = {
 }
 # Called with (step name, its TraceEvent) as each step of a run finishes.
 StepCallback = Callable[[str, TraceEvent | None], Awaitable[None]]
+# Called with each ProgressEvent while a run works (step started, VLM tokens so far, step finished).
+ProgressCallback = Callable[[ProgressEvent], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,21 +408,28 @@ class LocatePipeline:
             hint=hint,
         )
 
-    async def run(self, image_path: str, *, on_step: StepCallback | None = None, **options: Any) -> LocateOutcome:
+    async def run(
+        self, image_path: str, *, on_step: StepCallback | None = None, on_progress: ProgressCallback | None = None,
+        **options: Any,
+    ) -> LocateOutcome:
         """Locate one image. ``options`` (keyword only, see :meth:`_start`): ``constraints``, ``top_k``,
         ``exclude_ids``, ``exclude_authors``, ``prior_reasoning``, ``hint``. ``hint``: what the user told
         us, shown to the VLM (with ``constraints``, the areas it stands for, applied to retrieval and
         verification). ``prior_reasoning``: earlier VLM answers to reuse instead of asking again (the
         caller picks those that fit its constraints); the hint is then not shown to anyone.
-        ``on_step``: awaited with ``(step, its TraceEvent)`` as each step finishes (progress displays)."""
+        ``on_step``: awaited with ``(step, its TraceEvent)`` as each step finishes (progress displays).
+        ``on_progress``: awaited with each :class:`ProgressEvent` while steps run (live displays)."""
         start = self._start(image_path, **options)
-        if on_step is None:
+        if on_step is None and on_progress is None:
             return self.outcome(await self.graph.ainvoke(start, context=self.resources))
         final: dict[str, Any] = {}
-        async for step, update in self._steps(start):
+        async for step, update in self._steps(start, progress=on_progress is not None):
             if step == "done":
                 final = update
-            else:
+            elif step == "progress":
+                if on_progress is not None:
+                    await on_progress(update["progress"])
+            elif on_step is not None:
                 await on_step(step, update["event"])
         return self.outcome(final)
 

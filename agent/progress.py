@@ -4,7 +4,8 @@ Nodes write :class:`~geosleuth.types.ProgressEvent` objects to LangGraph's custo
 run's ``runtime.stream_writer``; a no-op unless the caller streams with ``stream_mode="custom"``).
 :func:`announced` wraps a node with ``started`` / ``finished`` events; :func:`token_reporter` gives
 the reason stage a callback that backends may call from their own worker threads: it hands each
-count to the event loop, which writes the event.
+count to the event loop, which writes the event. :func:`describe` is the one-line text every display
+(terminal, web app) shows for an event.
 """
 
 from __future__ import annotations
@@ -80,3 +81,20 @@ def token_reporter(state: Any, runtime: Runtime[Any], step: str = "reason") -> C
             loop.call_soon_threadsafe(write, tokens, budget, context=node_context)
 
     return report
+
+
+def describe(event: ProgressEvent) -> str:
+    """One line for a progress event, e.g. ``reason: 120 tokens at 14.8 tokens/s, at most 12 s left``."""
+    if event.state == "started":
+        return f"{event.step} ..."
+    if event.state == "finished":
+        outcome = f"failed ({event.error})" if event.error else "done"
+        return f"{event.step} {outcome} in {event.elapsed_s:.1f} s"
+    tokens = event.tokens or 0
+    line = f"{event.step}: {tokens} tokens"
+    if tokens and event.elapsed_s > 0:
+        rate = tokens / event.elapsed_s
+        line += f" at {rate:.1f} tokens/s"
+        if event.token_budget is not None and event.token_budget > tokens:
+            line += f", at most {(event.token_budget - tokens) / rate:.0f} s left"
+    return line

@@ -103,7 +103,9 @@ class VLMConfig(_Section):
     temperature: float = Field(0.7, ge=0.0)
     samples_per_variant: int = Field(2, ge=1)
     device: str = Field("auto", description="in-process backends: auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on GPUs and on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32"
+    )
     max_batch_size: int = Field(
         8, ge=1, description="in-process transformers backend: requests decoded together in one batch"
     )

@@ -18,7 +18,7 @@ from geosleuth.agent.chat.store import SessionStore, default_sessions_db
 from geosleuth.errors import GeosleuthError
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import LocatePipeline, StepCallback
+    from geosleuth.agent.graph import LocatePipeline, ProgressCallback, StepCallback
     from geosleuth.agent.runtime import Resources
     from geosleuth.constraints import Constraint
     from geosleuth.types import Trace
@@ -64,22 +64,26 @@ class ChatEngine:
         )
 
     async def start(self, image_path: str | os.PathLike[str], *, session_id: str | None = None,
-                    on_step: StepCallback | None = None) -> ChatTurnResult:
+                    on_step: StepCallback | None = None,
+                    on_progress: ProgressCallback | None = None) -> ChatTurnResult:
         """A new session about ``image_path``: locates it. The result's ``session_id`` names the session.
 
-        ``on_step``: awaited with ``(step, TraceEvent)`` as each locate step finishes (progress)."""
+        ``on_step``: awaited with ``(step, TraceEvent)`` as each locate step finishes; ``on_progress``:
+        with each ProgressEvent while it runs (step started, VLM tokens so far)."""
         session = await self.session(session_id, image_path)
         if session.resumed:
             raise GeosleuthError(f"chat session {session.session_id!r} exists already; send it a turn instead")
-        return await session.start(on_step=on_step)
+        return await session.start(on_step=on_step, on_progress=on_progress)
 
     async def resume(self, session_id: str) -> ChatTurnResult:
         """Where a stored session stands (kind ``resumed``: the latest prediction and hints)."""
         return await (await self.session(session_id)).start()
 
-    async def send(self, session_id: str, text: str, *, on_step: StepCallback | None = None) -> ChatTurnResult:
-        """A question or a hint for ``session_id``; ``on_step`` as for :meth:`start` (a hint re-locates)."""
-        return await (await self.session(session_id)).ask(text, on_step=on_step)
+    async def send(self, session_id: str, text: str, *, on_step: StepCallback | None = None,
+                   on_progress: ProgressCallback | None = None) -> ChatTurnResult:
+        """A question or a hint for ``session_id``; ``on_step`` and ``on_progress`` as for :meth:`start`
+        (a hint re-locates)."""
+        return await (await self.session(session_id)).ask(text, on_step=on_step, on_progress=on_progress)
 
     async def list_sessions(self) -> list[ChatSessionInfo]:
         """Every stored session, most recently active first."""

@@ -30,7 +30,7 @@ from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, ReasoningResult, RunSummary
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import LocatePipeline, StepCallback
+    from geosleuth.agent.graph import LocatePipeline, ProgressCallback, StepCallback
     from geosleuth.geo import ReverseGeocoder
 
 
@@ -56,7 +56,8 @@ class ChatState(TypedDict, total=False):
 class ChatContext:
     pipeline: LocatePipeline
     resolver: PlaceResolver
-    on_step: StepCallback | None = None  # this turn's progress listener (see LocatePipeline.run)
+    on_step: StepCallback | None = None  # this turn's finished-step listener (see LocatePipeline.run)
+    on_progress: ProgressCallback | None = None  # this turn's live progress listener (idem)
 
 
 def describe(prediction: Prediction) -> str:
@@ -143,7 +144,8 @@ async def _locate(state: ChatState, runtime: Runtime[ChatContext], *, relocating
     prior = ReasoningResult.model_validate(stored) if relocating and stored else None
     asked_under = state.get("reasoning_hints") or []
     plan = answers_for_hints(prior, constraints, geocoder, asked_under=asked_under) if prior is not None else None
-    options: dict[str, Any] = {"on_step": runtime.context.on_step} if runtime.context.on_step else {}
+    listeners = {"on_step": runtime.context.on_step, "on_progress": runtime.context.on_progress}
+    options: dict[str, Any] = {name: listener for name, listener in listeners.items() if listener is not None}
     outcome = await runtime.context.pipeline.run(
         state["image_path"],
         constraints=constraints,

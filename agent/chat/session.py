@@ -17,7 +17,7 @@ from geosleuth.imageio import load_image
 from geosleuth.types import Prediction, RunSummary, Trace
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import LocatePipeline, StepCallback
+    from geosleuth.agent.graph import LocatePipeline, ProgressCallback, StepCallback
 
 
 async def check_session(store: SessionStore, session_id: str, image_path: str | None) -> tuple[str, bool]:
@@ -103,7 +103,9 @@ class ChatSession:
                 await store.aclose()
             raise
 
-    async def _turn(self, message: str | None, on_step: StepCallback | None) -> ChatTurnResult:
+    async def _turn(
+        self, message: str | None, on_step: StepCallback | None, on_progress: ProgressCallback | None
+    ) -> ChatTurnResult:
         turn_input: dict[str, Any] = {
             "session_id": self.session_id,
             "image_path": self.image_path,
@@ -112,7 +114,7 @@ class ChatSession:
             "route": None,
             "reply": None,
         }
-        context = replace(self._context, on_step=on_step) if on_step is not None else self._context
+        context = replace(self._context, on_step=on_step, on_progress=on_progress)
         final = await self._store.run_turn(self.session_id, turn_input, context)
         reply = final.get("reply")
         if reply is None:
@@ -129,10 +131,13 @@ class ChatSession:
             notes=reply.get("notes") or [],
         )
 
-    async def start(self, *, on_step: StepCallback | None = None) -> ChatTurnResult:
+    async def start(
+        self, *, on_step: StepCallback | None = None, on_progress: ProgressCallback | None = None
+    ) -> ChatTurnResult:
         """Locate the image (new session) or summarise where a resumed session stands.
 
-        ``on_step``: awaited with ``(step, TraceEvent)`` as each locate step finishes."""
+        ``on_step``: awaited with ``(step, TraceEvent)`` as each locate step finishes; ``on_progress``:
+        with each ProgressEvent while it runs (step started, VLM tokens so far)."""
         values = await self._store.values(self.session_id)
         if values.get("prediction"):
             prediction = Prediction.model_validate(values["prediction"])
@@ -144,14 +149,16 @@ class ChatSession:
                 prediction=prediction,
                 constraints=[Constraint.model_validate(c) for c in values.get("constraints") or []],
             )
-        return await self._turn(None, on_step)
+        return await self._turn(None, on_step, on_progress)
 
-    async def ask(self, message: str, *, on_step: StepCallback | None = None) -> ChatTurnResult:
+    async def ask(
+        self, message: str, *, on_step: StepCallback | None = None, on_progress: ProgressCallback | None = None
+    ) -> ChatTurnResult:
         """Answer a question, or apply a hint and re-locate (see :func:`~.hints.parse_hint`);
-        ``on_step`` as for :meth:`start` (called only when the turn re-locates)."""
+        ``on_step`` and ``on_progress`` as for :meth:`start` (called only when the turn re-locates)."""
         if not message.strip():
             raise GeosleuthError("the message is empty; ask a question or give a hint like 'it is in Spain'")
-        return await self._turn(message, on_step)
+        return await self._turn(message, on_step, on_progress)
 
     async def history(self) -> list[ChatTurn]:
         values = await self._store.values(self.session_id)

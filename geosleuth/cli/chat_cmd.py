@@ -89,7 +89,7 @@ def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | N
         out.print(Text.assemble(("session ", "dim"), (session.session_id, "bold cyan"),
                                 (f"  (resume later: geosleuth chat --resume {session.session_id})", "dim")))
         with LocateProgress(err, f"locating {session.image_path}") as progress:
-            reply = loop.run_until_complete(session.start(on_step=progress.on_step))
+            reply = loop.run_until_complete(session.start(on_step=progress.on_step, on_progress=progress.on_progress))
         current = reply.prediction
         if reply.kind == "resumed":
             turns = len(loop.run_until_complete(session.history()))
@@ -135,9 +135,12 @@ def _chat_loop(loop: asyncio.AbstractEventLoop, geo: Geolocator, image: Path | N
                 out.print(f"unknown command {command.split()[0]!r}; /help lists them", style="yellow", highlight=False,
                           markup=False)
                 continue
-            with err.status("thinking ..."):
+            # A hint re-locates: its steps and the VLM's tokens show as for the first answer.
+            with LocateProgress(err, "thinking") as progress:
                 try:
-                    reply = loop.run_until_complete(session.ask(message))
+                    reply = loop.run_until_complete(
+                        session.ask(message, on_step=progress.on_step, on_progress=progress.on_progress)
+                    )
                 except GeosleuthError as exc:
                     # One failed turn (e.g. the VLM server went away) does not end the conversation.
                     out.print(Text.assemble(("error: ", "bold red"), str(exc)))

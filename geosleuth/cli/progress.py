@@ -1,8 +1,9 @@
 """Progress on the terminal while a photo is located: the step in progress, the VLM's tokens so far
 and its speed, and how long it may still take.
 
-Fed by the items of ``Geolocator.astream(..., progress=True)``: ``("progress", {"progress":
-ProgressEvent})`` while a step runs, ``(step, {"event": TraceEvent})`` when it has finished. The time
+Fed by the items of ``Geolocator.astream(..., progress=True)`` (``locate``): ``("progress", {"progress":
+ProgressEvent})`` while a step runs, ``(step, {"event": TraceEvent})`` when it has finished; or, in
+``chat``, by the ``on_progress`` and ``on_step`` callbacks of a turn. The time
 left is measured, never guessed: tokens still allowed (the token budget, an upper bound: answers
 usually stop sooner) at the speed measured so far in this step, so it reads "at most".
 """
@@ -16,24 +17,10 @@ from rich.console import Console
 from rich.text import Text
 
 from geosleuth.agent.graph import STEPS
+from geosleuth.agent.progress import describe
 from geosleuth.types import ProgressEvent, TraceEvent
 
-
-def describe(event: ProgressEvent) -> str:
-    """One line for a progress event, e.g. ``reason: 120 tokens at 14.8 tokens/s, at most 12 s left``."""
-    if event.state == "started":
-        return f"{event.step} ..."
-    if event.state == "finished":
-        outcome = f"failed ({event.error})" if event.error else "done"
-        return f"{event.step} {outcome} in {event.elapsed_s:.1f} s"
-    tokens = event.tokens or 0
-    line = f"{event.step}: {tokens} tokens"
-    if tokens and event.elapsed_s > 0:
-        rate = tokens / event.elapsed_s
-        line += f" at {rate:.1f} tokens/s"
-        if event.token_budget is not None and event.token_budget > tokens:
-            line += f", at most {(event.token_budget - tokens) / rate:.0f} s left"
-    return line
+__all__ = ["LocateProgress", "describe"]
 
 
 class LocateProgress:
@@ -42,12 +29,18 @@ class LocateProgress:
     def __init__(self, console: Console, label: str) -> None:
         self.console = console
         self.label = label
+        self.line = f"{label} ..."  # what the status line shows now
         self._status: Any = None
 
     def __enter__(self) -> LocateProgress:
-        self._status = self.console.status(Text(f"{self.label} ..."))
+        self._status = self.console.status(Text(self.line))
         self._status.__enter__()
         return self
+
+    def _show(self, line: str) -> None:
+        self.line = line
+        if self._status is not None:
+            self._status.update(Text(line))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -63,7 +56,7 @@ class LocateProgress:
         if step == "progress":
             event = update.get("progress")
             if isinstance(event, ProgressEvent) and event.state != "finished" and self._status is not None:
-                self._status.update(Text(f"{self.label}: {describe(event)}"))
+                self._show(f"{self.label}: {describe(event)}")
             return
         event = update.get("event")
         took = f" {event.duration_s:.2f} s" if event is not None else ""
@@ -73,8 +66,12 @@ class LocateProgress:
         )
         if self._status is not None:
             following = STEPS[STEPS.index(step) + 1] if step in STEPS[:-1] else None
-            self._status.update(Text(f"{self.label}: {step} done" + (f", {following} ..." if following else "")))
+            self._show(f"{self.label}: {step} done" + (f", {following} ..." if following else ""))
 
     async def on_step(self, step: str, event: TraceEvent | None) -> None:
         """The ``on_step`` callback of ``LocatePipeline.run`` / chat turns (finished steps only)."""
         self.feed(step, {"event": event})
+
+    async def on_progress(self, event: ProgressEvent) -> None:
+        """The ``on_progress`` callback of ``LocatePipeline.run`` / chat turns (the step in progress)."""
+        self.feed("progress", {"progress": event})

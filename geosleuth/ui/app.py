@@ -4,7 +4,8 @@ Routes (all JSON unless said otherwise):
 
 - ``GET /`` the page; ``/static/...`` its script, style and vendored Leaflet;
 - ``POST /api/sessions?name=FILE`` (body: the photo's bytes) starts a chat session and streams its
-  steps as server-sent events (``session``, ``step``..., then ``result`` or ``error``);
+  steps as server-sent events (``progress`` while a step runs: VLM tokens, speed, time left; ``step``
+  when it has finished; then ``result`` or ``error``);
 - ``POST /api/sessions/{id}/messages`` (``{"text": ...}``) a question or a hint, streamed the same way;
 - ``GET /api/sessions`` the stored sessions (web and CLI); ``GET /api/sessions/{id}`` one of them;
 - ``GET /api/sessions/{id}/image``, ``/trace.html`` (the ``trace html`` page), ``/trace.json``,
@@ -38,7 +39,7 @@ from geosleuth.config import expand_path
 from geosleuth.errors import GeosleuthError
 from geosleuth.ui import views
 from geosleuth.ui.security import TokenMiddleware, UploadError, check_image, save_upload
-from geosleuth.ui.sessions import ChatSessions, StepReport, TurnResult
+from geosleuth.ui.sessions import ChatSessions, LiveReport, StepReport, TurnResult
 
 if TYPE_CHECKING:
     from geosleuth.api import Geolocator
@@ -103,8 +104,8 @@ class _App:
         """Run one chat turn in a task; stream its steps and its result (or error) as SSE."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-        async def listener(report: StepReport) -> None:
-            await queue.put(_sse("step", report.__dict__))
+        async def listener(report: StepReport | LiveReport) -> None:
+            await queue.put(_sse("step" if isinstance(report, StepReport) else "progress", report.__dict__))
 
         async def turn() -> None:
             try:

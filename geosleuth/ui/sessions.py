@@ -6,7 +6,8 @@ engine's API is adapted here only. Sessions live in the same SQLite store as ``g
 with ``geosleuth chat --resume ID`` and the other way round.
 
 Steps stream as they run: every turn that locates (the opening one, and a hint's re-locate) reports
-each finished step of the locate graph through the engine's ``on_step``.
+the step in progress (with the VLM's tokens so far, its speed and at most how long it may still
+take) through the engine's ``on_progress``, and each finished step through its ``on_step``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geosleuth.agent.chat import ChatEngine
+from geosleuth.agent.progress import describe
 from geosleuth.constraints import Constraint
-from geosleuth.types import Prediction, Trace, TraceEvent
+from geosleuth.types import Prediction, ProgressEvent, Trace, TraceEvent
 
 if TYPE_CHECKING:
-    from geosleuth.agent.graph import StepCallback
+    from geosleuth.agent.graph import ProgressCallback, StepCallback
     from geosleuth.api import Geolocator
 
 # How many sessions the list shows (most recently active first).
@@ -39,7 +41,20 @@ class StepReport:
     summary: str = ""
 
 
-StepListener = Callable[[StepReport], Awaitable[None]]
+@dataclass(frozen=True)
+class LiveReport:
+    """The step in progress: ``state`` started or generating, seconds so far, the VLM's tokens so far
+    and the most it may write (None outside VLM calls), and the line to show (speed, time left)."""
+
+    step: str
+    state: str
+    elapsed_s: float
+    tokens: int | None
+    token_budget: int | None
+    text: str
+
+
+StepListener = Callable[[StepReport | LiveReport], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,19 @@ def _on_step(listener: StepListener | None) -> StepCallback | None:
     return on_step
 
 
+def _on_progress(listener: StepListener | None) -> ProgressCallback | None:
+    if listener is None:
+        return None
+
+    async def on_progress(event: ProgressEvent) -> None:
+        if event.state == "finished":  # the finished step comes with its summary through on_step
+            return
+        await listener(LiveReport(step=event.step, state=event.state, elapsed_s=event.elapsed_s,
+                                  tokens=event.tokens, token_budget=event.token_budget, text=describe(event)))
+
+    return on_progress
+
+
 class ChatSessions:
     """Chat sessions for the web app, on a shared :class:`~geosleuth.api.Geolocator` (models load once)."""
 
@@ -128,13 +156,16 @@ class ChatSessions:
         return self._engine
 
     async def start(self, image_path: str, listener: StepListener | None = None) -> TurnResult:
-        """A new session about ``image_path``: locates it, reporting each step to ``listener``."""
-        result = await (await self.engine()).start(image_path, on_step=_on_step(listener))
+        """A new session about ``image_path``: locates it, reporting each step to ``listener`` (a
+        :class:`LiveReport` while it runs, a :class:`StepReport` when it has finished)."""
+        result = await (await self.engine()).start(image_path, on_step=_on_step(listener),
+                                                   on_progress=_on_progress(listener))
         return TurnResult(result.kind, result.text, await self.state(result.session_id))
 
     async def send(self, session_id: str, message: str, listener: StepListener | None = None) -> TurnResult:
         """A question or a hint in session ``session_id`` (raises GeosleuthError for an unknown session)."""
-        result = await (await self.engine()).send(session_id, message, on_step=_on_step(listener))
+        result = await (await self.engine()).send(session_id, message, on_step=_on_step(listener),
+                                                  on_progress=_on_progress(listener))
         return TurnResult(result.kind, result.text, await self.state(session_id))
 
     async def state(self, session_id: str) -> SessionState:

@@ -48,6 +48,12 @@ class TransformersBackend:
         self.max_image_pixels = config.max_image_pixels
         self.model_dir = resolve_model(self.model_id)  # ModelNotAvailableError when not on this machine
         self.device = resolve_device(config.device, setting="vlm.device")
+        import torch
+
+        # torch's thread count is per thread, and a thread inherits the count last set anywhere: after a
+        # one-thread worker (the GPS gallery's scan) the batch worker would decode on one core. It takes
+        # the count of the thread that loads the model instead.
+        self.torch_threads = torch.get_num_threads()
 
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -66,7 +72,7 @@ class TransformersBackend:
             )
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(
-                self.model_dir, dtype=resolve_dtype(config.dtype, self.device)
+                self.model_dir, dtype=resolve_dtype(config.dtype, self.device, memory_bound=True)
             )
         except (ValueError, KeyError, OSError) as exc:
             raise VLMError(
@@ -119,6 +125,10 @@ class TransformersBackend:
 
     def _run_batch(self, requests: list[VLMRequest]) -> list[list[VLMReply]]:
         """Requests with the same temperature run as one ``generate``; one row per sample."""
+        import torch
+
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
         replies: list[list[VLMReply]] = [[] for _ in requests]
         groups: dict[float, list[int]] = {}
         for index, request in enumerate(requests):

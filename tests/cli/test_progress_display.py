@@ -47,3 +47,16 @@ def test_chat_turns_feed_finished_steps_through_on_step() -> None:
     with LocateProgress(console, "locating p.jpg") as progress:
         asyncio.run(progress.on_step("retrieve", TraceEvent(step="retrieve", started_at=0.0, duration_s=0.5)))
     assert "retrieve 0.50 s" in buffer.getvalue()
+
+
+def test_chat_turns_show_the_step_in_progress_through_on_progress() -> None:
+    import asyncio
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    with LocateProgress(console, "thinking") as progress:
+        asyncio.run(progress.on_progress(_event(state="started", elapsed_s=0.0)))
+        assert progress.line == "thinking: reason ..."
+        asyncio.run(progress.on_progress(_event(state="generating", elapsed_s=4.0, tokens=60, token_budget=660)))
+        assert progress.line == "thinking: reason: 60 tokens at 15.0 tokens/s, at most 40 s left"
+        asyncio.run(progress.on_step("reason", TraceEvent(step="reason", started_at=0.0, duration_s=5.0)))
+        assert progress.line == "thinking: reason done, verify ..."

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import torch
 
 from geosleuth.agent.reason import reason
 from geosleuth.errors import ModelNotAvailableError
@@ -168,3 +169,30 @@ def test_a_shared_image_and_prompt_start_are_encoded_once_with_the_same_answers(
     finally:
         tiny_backend.prefix_reuse = True
     assert answers[True] == answers[False]  # greedy decoding: the same tokens either way
+
+
+def test_the_batch_worker_decodes_on_all_the_loading_threads_cores(tiny_vlm_dir: Path, make_config, image) -> None:
+    """A thread inherits torch's thread count last set anywhere (the GPS gallery's scan sets 1 on its
+    own worker): the backend's worker, started later, must still use the cores the loader had."""
+    import threading
+
+    cores = torch.get_num_threads()
+    if cores < 2:
+        pytest.skip("one torch thread here: nothing to lose")
+
+    def set_threads(n: int) -> None:
+        worker = threading.Thread(target=torch.set_num_threads, args=(n,))
+        worker.start()
+        worker.join()
+
+    backend = TransformersBackend(make_config(**{"vlm.model": str(tiny_vlm_dir)}).vlm)
+    seen: list[int] = []
+    request = VLMRequest([ChatMessage("user", "Where is this?", [image])], n=1, temperature=0.0, max_tokens=4,
+                         on_tokens=lambda _count: seen.append(torch.get_num_threads()))
+    set_threads(1)  # as a one-thread worker elsewhere in the process does
+    try:
+        asyncio.run(backend.generate(request))
+    finally:
+        set_threads(cores)  # later threads of this test process get the cores back
+        asyncio.run(backend.aclose())
+    assert seen and set(seen) == {cores}

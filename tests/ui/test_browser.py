@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from geosleuth.agent.graph import STEPS
 from geosleuth.geo import haversine_km
 from geosleuth.testing import photos
 
@@ -52,9 +53,21 @@ def session_id(started_over_http: list[tuple[str, dict]]) -> str:
     return data["session"]["session_id"]
 
 
-def test_steps_stream_as_they_finish_then_the_answer(started_over_http: list[tuple[str, dict]]):
-    events = [event for event, _ in started_over_http]
-    assert events == ["step"] * 5 + ["result"]
+def test_steps_stream_live_and_as_they_finish_then_the_answer(started_over_http: list[tuple[str, dict]]):
+    order = [(event, data["step"]) for event, data in started_over_http if event in ("progress", "step")]
+    live = [data for event, data in started_over_http if event == "progress"]
+    # each step is announced while it runs, then reported when it has finished, in pipeline order
+    collapsed = [pair for i, pair in enumerate(order) if i == 0 or order[i - 1] != pair]  # one per run of tokens
+    assert collapsed == [pair for step in STEPS for pair in (("progress", step), ("step", step))]
+    assert all(d["state"] == "started" for d in live if d["step"] != "reason")
+    # the VLM's tokens so far, its speed and at most how long it may take, while it decodes
+    generating = [d for d in live if d["state"] == "generating"]
+    assert generating and all(d["step"] == "reason" for d in generating)
+    counts = [d["tokens"] for d in generating]
+    assert counts == sorted(counts) and 0 < counts[-1] <= generating[-1]["token_budget"]
+    speed = r"reason: \d+ tokens at [\d.]+ tokens/s, at most \d+ s left"
+    assert any(re.fullmatch(speed, d["text"]) for d in generating)
+    assert started_over_http[-1][0] == "result"
     steps = [data for event, data in started_over_http if event == "step"]
     assert [s["step"] for s in steps] == ["perceive", "retrieve", "reason", "verify", "decide"]
     assert all(s["duration_s"] >= 0 and s["error"] is None for s in steps)
@@ -88,6 +101,8 @@ def test_upload_streams_steps_and_shows_the_answer_on_the_map(new_page, photo_di
         "perceive", "retrieve", "reason", "verify", "decide"]
     for text in steps.all_inner_texts():
         assert re.search(r"\d+\.\d\d s", text), text
+    # the VLM step keeps the count of tokens it streamed while it ran
+    assert re.search(r"· \d+ tokens$", page.inner_text("#steps li[data-step=reason]"))
 
     # the answer: place, coordinate, status, EXIF GPS with its distance from the answer
     lat, lon = shown_coordinate(page)

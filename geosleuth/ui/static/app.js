@@ -77,17 +77,33 @@ function resetSteps() {
   list.replaceChildren(...STEPS.map((step) => el("li", { "data-step": step, class: "pending" }, step)));
 }
 
-function showStep(report) {
-  let item = $("steps").querySelector(`[data-step="${report.step}"]`);
+function stepItem(step) {
+  let item = $("steps").querySelector(`[data-step="${step}"]`);
   if (!item) {
-    item = el("li", { "data-step": report.step });
+    item = el("li", { "data-step": step });
     $("steps").append(item);
   }
+  return item;
+}
+
+// The step in progress, as the server measured it: "reason: 120 tokens at 14.8 tokens/s, at most 12 s left".
+function showLive(report) {
+  const item = stepItem(report.step);
+  item.className = "running";
+  if (report.tokens !== null) item.dataset.tokens = String(report.tokens);
+  item.replaceChildren(el("strong", null, report.step), el("span", { class: "live" }, ` ${report.text}`));
+}
+
+function showStep(report) {
+  const item = stepItem(report.step);
   item.className = report.error ? "failed" : "done";
   const time = report.duration_s === null ? "" : ` ${report.duration_s.toFixed(2)} s`;
+  // A VLM step keeps the count of tokens it generated (the last live report's).
+  const tokens = item.dataset.tokens ? ` · ${item.dataset.tokens} tokens` : "";
   item.replaceChildren(...[
     el("strong", null, report.step), el("span", { class: "time" }, time),
     report.summary ? el("span", { class: "summary" }, ` — ${report.summary}`) : null,
+    tokens ? el("span", { class: "tokens" }, tokens) : null,
     report.error ? el("span", { class: "step-error" }, ` — ${report.error}`) : null,
   ].filter((node) => node !== null));
 }
@@ -170,7 +186,8 @@ function loadTrace() {
 // -- actions -----------------------------------------------------------------------------------
 
 function onTurnEvent(event, data) {
-  if (event === "step") showStep(data);
+  if (event === "progress") showLive(data);
+  else if (event === "step") showStep(data);
   else if (event === "result") {
     renderSession(data.session);
     refreshSessions();
