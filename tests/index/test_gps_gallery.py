@@ -142,6 +142,22 @@ def test_top_k_sizes(gallery: GPSGallery) -> None:
         gallery.top_k(np.zeros(512, dtype=np.float32), 3)
 
 
+def test_a_query_leaves_torch_threads_of_later_threads_alone(gallery: GPSGallery) -> None:
+    """The scan's worker must not change torch's thread count: every thread started later in the
+    process (the encoders', the VLM's) would inherit it and run on one core."""
+    import threading
+
+    import torch
+
+    cores = torch.get_num_threads()
+    gallery.top_k(gallery.embeddings[2], 5)
+    seen: list[int] = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [cores]
+
+
 def test_score_locations_agrees_with_the_gallery(
     gallery: GPSGallery, gallery_coords: np.ndarray, geoclip_location_encoder: LocationEncoder
 ) -> None:

@@ -172,8 +172,8 @@ def test_a_shared_image_and_prompt_start_are_encoded_once_with_the_same_answers(
 
 
 def test_the_batch_worker_decodes_on_all_the_loading_threads_cores(tiny_vlm_dir: Path, make_config, image) -> None:
-    """A thread inherits torch's thread count last set anywhere (the GPS gallery's scan sets 1 on its
-    own worker): the backend's worker, started later, must still use the cores the loader had."""
+    """A thread inherits torch's thread count last set anywhere in the process (by any library or
+    worker): the backend's worker, started later, must still use the cores the loader had."""
     import threading
 
     cores = torch.get_num_threads()
