@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from geosleuth.agent.trace import digest
 from geosleuth.geo import geodesic_km
-from geosleuth.types import Candidate, Place, Prediction, Trace
+from geosleuth.types import Candidate, Place, Prediction, TextEvidence, Trace
 
 if TYPE_CHECKING:
     from geosleuth.constraints import Constraint
@@ -26,6 +26,7 @@ _SHOWN_FIELDS = frozenset({
     "schema_version", "image", "lat", "lon", "place", "confidence", "alternatives", "clues", "sources_used",
     "failures", "failure_reason", "trace_id", "status", "missing_stages", "levels",
     "evidence",  # the fusion's clusters and per-source evidence: the Trace tab and the downloads carry it
+    "text",
 })
 # Per-level calibrated probabilities, as the page labels them (LevelConfidence's fields).
 LEVEL_LABELS = {"country": "country", "region": "region", "city": "city", "within_25km": "≤ 25 km",
@@ -57,6 +58,21 @@ def _alternative(rank: int, candidate: Candidate) -> dict[str, Any]:
     }
 
 
+def text_view(text: TextEvidence | None) -> dict[str, Any] | None:
+    """What the text in the photo says (None: OCR was off): the one-line summary the CLI prints, the
+    places it names and the languages it is likely in."""
+    if text is None:
+        return None
+    return {
+        "summary": text.summary(),
+        "lines": [{"text": r.text, "confidence": r.confidence} for r in text.regions],
+        "places": [{"read": m.text, "name": m.name, "country_code": m.country_code, "lat": m.lat, "lon": m.lon,
+                    "population": m.population, "similarity": m.similarity} for m in text.places],
+        "languages": [{"language": g.language, "p": g.probability} for g in text.languages],
+        "reader": text.reader,
+    }
+
+
 def status_of(prediction: Prediction) -> str:
     """``ok`` / ``degraded`` (a required stage gave nothing) / ``failed`` (no coordinate): the prediction's own."""
     return prediction.status.value
@@ -82,6 +98,7 @@ def prediction_view(prediction: Prediction) -> dict[str, Any]:
                               for key, label in LEVEL_LABELS.items()],
             "calibration": prediction.levels.calibration,
         },
+        "text": text_view(prediction.text),
         # Fields this view does not know yet, shown as name/value rows.
         "more": {key: value for key, value in dumped.items() if key not in _SHOWN_FIELDS and value is not None},
     }

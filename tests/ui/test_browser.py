@@ -122,6 +122,7 @@ def test_upload_streams_steps_and_shows_the_answer_on_the_map(new_page, photo_di
     assert page.locator("#map path.gs-layer-alternatives").count() == rows.count()
     assert page.locator("#map path.gs-layer-exif").count() == 1
     assert page.locator("#map path.gs-layer-gps").count() == 10  # retrieval.k_gps
+    expect(page.locator("#text-summary")).to_have_text("not read (OCR is off: text.ocr)")  # the tiny config's
     first = rows.nth(0).locator("td").all_inner_texts()
     # the first alternative leads the winning cluster, whose (refined) centre is the answer
     assert first[0] == "1" and float(first[2]) == pytest.approx(lat, abs=0.25)

@@ -15,10 +15,14 @@ from geosleuth.types import (
     GPSCandidate,
     Hypothesis,
     ImageRef,
+    LanguageGuess,
     LevelConfidence,
+    PlaceMatch,
     Prediction,
     RetrievalResult,
     StepFailure,
+    TextEvidence,
+    TextRegion,
     Trace,
     TraceEvent,
 )
@@ -87,3 +91,17 @@ def test_per_level_probabilities_are_listed_with_their_calibration():
         "calibration": "default@0123456789ab",
     }
     assert "levels" not in view["more"] and prediction_view(_prediction())["levels"] is None
+
+
+def test_the_text_read_in_the_photo_is_shown_with_the_places_it_names():
+    lisbon = PlaceMatch(text="LISBOA", name="Lisbon", matched_name="Lisboa", geonameid=2267057, country_code="PT",
+                        lat=38.72, lon=-9.13, population=517802, similarity=1.0, weight=1.0)
+    text = TextEvidence(regions=[TextRegion(text="LISBOA", confidence=0.97, box=(10, 10, 90, 30))],
+                        languages=[LanguageGuess(language="pt", probability=0.8)], places=[lisbon], reader="rapidocr")
+    view = prediction_view(_prediction(text=text))
+    assert view["text"]["summary"] == text.summary() and '"LISBOA"' in view["text"]["summary"]
+    assert view["text"]["places"] == [{"read": "LISBOA", "name": "Lisbon", "country_code": "PT", "lat": 38.72,
+                                       "lon": -9.13, "population": 517802, "similarity": 1.0}]
+    assert view["text"]["languages"] == [{"language": "pt", "p": 0.8}]
+    assert "text" not in view["more"]
+    assert prediction_view(_prediction())["text"] is None  # OCR off: nothing read, not "no text"

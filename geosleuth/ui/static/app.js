@@ -147,6 +147,11 @@ function renderAnswer(view) {
     el("td", null, a.source), el("td", null, fmt(a.score, 3)), el("td", null, fmt(a.confidence, 3)))));
   $("clues").replaceChildren(...view.clues.map((c) => el("li", null, el("strong", null, c.observation), ` → ${c.implication}`)));
   if (!view.clues.length) $("clues").append(el("li", { class: "hint" }, "none recorded"));
+  const text = p ? p.text : null;
+  $("text-summary").textContent = text ? text.summary : "not read (OCR is off: text.ocr)";
+  $("text-places").replaceChildren(...(text ? text.places.map((m) => el("li", null,
+    el("strong", null, `“${m.read}”`), ` → ${m.name} (${m.country_code}), population ${m.population.toLocaleString()}` +
+    (m.similarity < 1 ? `, fuzzy match ${fmt(m.similarity, 2)}` : ""))) : []));
   $("hypotheses").tBodies[0].replaceChildren(...view.hypotheses.map((h) => el("tr", null,
     el("td", null, `${h.variant}#${h.sample}`), el("td", null, h.place || "–"), el("td", null, fmt(h.lat, 4)),
     el("td", null, fmt(h.lon, 4)), el("td", null, fmt(h.confidence, 2)), el("td", null, `${h.model} (${h.template})`))));
