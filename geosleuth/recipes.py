@@ -1,8 +1,9 @@
 """Device recipes: which in-process VLM and how much asking, chosen by the hardware.
 
 One photo on a laptop CPU must answer in about a minute, while a GPU can afford the full G3-style
-recipe with a model that can actually geolocate. ``vlm.recipe`` picks one of :data:`RECIPES`
-(``auto``: by the device ``vlm.device`` resolves to and, on a GPU, its memory). A recipe only fills
+recipe with a model that can actually geolocate. ``vlm.recipe`` picks one of :data:`RECIPE_NAMES`
+(``auto``: by the device ``vlm.device`` resolves to and, on a GPU, its memory; with a server backend
+the full recipe, since the server, not this machine, decodes). A recipe only fills
 settings the user did not set (file, environment or ``--set``); ``geosleuth config show`` prints the
 result and the reason, and traces record the recipe's name.
 
@@ -21,6 +22,9 @@ from typing import Any
 from geosleuth.prompts.schema import answer_token_budget
 
 RECIPE_NAMES = ("auto", "cpu", "gpu", "gpu-small")
+# Backends whose model runs on a server: ``auto`` then gives the full recipe, as for a GPU.
+SERVER_BACKENDS = ("openai",)
+SERVER_REASON = "vlm.backend is {backend}: the server decodes, not this machine (set vlm.recipe = cpu for a CPU server)"
 # GPUs with less memory than this get the 3B model (7B in bfloat16 needs ~17 GB before activations).
 LARGE_GPU_BYTES = 22 * 2**30
 
@@ -104,7 +108,10 @@ def apply_recipe(
     user left unset, and set ``vlm.recipe`` to the recipe used. Returns (recipe name, why)."""
     vlm = tree.setdefault("vlm", {})
     name = str(vlm.get("recipe", "auto"))
-    if name == "auto":
+    if name == "auto" and vlm.get("backend") in SERVER_BACKENDS:
+        # The server decodes: this machine's device (a laptop, a CPU-only Ray head) says nothing about it.
+        name, why = "gpu", SERVER_REASON.format(backend=vlm["backend"])
+    elif name == "auto":
         device = str(vlm.get("device", "auto"))
         name, why = detect_recipe("cuda" if device.startswith("cuda") else device, gpu_memory)
     else:

@@ -44,6 +44,16 @@ def test_auto_recipe_follows_the_gpu_memory():
     assert tree["vlm"]["model"] == "my/own-vlm"  # a recipe never replaces what the user set
 
 
+def test_a_server_backend_gets_the_full_recipe_whatever_this_machine_has():
+    """The server decodes: a laptop or a CPU-only Ray head asking a GPU server must not get the light CPU
+    recipe; a CPU server is the user's to say."""
+    config = load_config(overrides=["vlm.backend=openai", "vlm.device=cpu"], environ={})
+    assert config.vlm.recipe == "gpu" and "server decodes" in (config.vlm.recipe_reason or "")
+    assert config.prompts.neighbor_counts == [0, 5, 10, 15] and config.vlm.samples_per_variant == 2
+    cpu_server = load_config(overrides=["vlm.backend=openai", "vlm.recipe=cpu"], environ={})
+    assert cpu_server.prompts.neighbor_counts == [0, 5] and cpu_server.vlm.samples_per_variant == 1
+
+
 def test_config_show_states_the_recipe_and_why():
     from typer.testing import CliRunner
 
