@@ -24,7 +24,9 @@ Degraded answers are not passed off as the preset's: the VLM server gets one req
 image (preflight), the circuit breaker stops a run whose required stage goes down, per-step failure
 counts go to metrics.json and the manifest, and a run where a required stage was missing for more
 than :data:`~.degraded.MAX_DEGRADED_SHARE` of the images is refused (DegradedResultsError) unless
-``allow_degraded``; the report's title then says "degraded: N images without <stage>".
+``allow_degraded``; the report's title then says "degraded: N images without <stage>". A preset that
+asks for the tool loop (``agent.mode = tools``) on a server that cannot call tools runs the fixed
+pipeline: the manifest (``tools_fallback``), the report's notes and a warning say so.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import asyncio
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,7 @@ from .datasets import DATASET_NAMES, GroundTruth, load_dataset, resolve_truth_fi
 from .degraded import check_degraded, stage_failure_counts
 from .presets import DEFAULT_PRESET, get_preset, preset_config
 from .provenance import prompt_records, source_commit, utc_now
-from .report import MANIFEST_FILE
+from .report import MANIFEST_FILE, ReportWarning
 from .run_folder import (
     MISSING_IMAGES_FILE,
     PREDICTIONS_FILE,
@@ -193,6 +196,12 @@ async def arun_evaluation(
         # Models load once, before any image, and a VLM server answers one request (preflight): a bad
         # setup fails here, before the run starts.
         await geo.acheck_ready()
+        if geo.tools_fallback:  # the preset asked for the tool loop; the numbers will be the pipeline's
+            from geosleuth.agent.toolloop.fallback import fallback_note
+
+            manifest["tools_fallback"] = geo.tools_fallback
+            notes.append(fallback_note(geo.tools_fallback))
+            warnings.warn(notes[-1], ReportWarning, stacklevel=2)
         resources = geo.resources
         if on_loaded is not None:
             on_loaded(resources)

@@ -279,3 +279,30 @@ def test_cli_runs_a_benchmark_and_lists_presets(
     bad = runner.invoke(app, ["eval", "run", "im2gps3k", "--truth", str(run_benchmark["truth"]), "--images",
                               str(run_benchmark["images"]), "--out", str(tmp_path / "x"), "--preset", "nope"])
     assert bad.exit_code == 2 and "unknown evaluation preset 'nope'" in " ".join(bad.output.split())
+
+
+def test_a_tools_preset_on_a_server_without_tool_calls_says_its_numbers_are_the_pipelines(
+    run_benchmark: dict[str, Path], run_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preflight's tool probe is refused (as vLLM without --enable-auto-tool-choice refuses it): the
+    run uses the fixed pipeline, and the manifest, the report and a warning say so."""
+    from geosleuth.agent.toolloop import fallback
+    from geosleuth.eval.report import ReportWarning
+
+    refusal = 'HTTP 400: "auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
+    async def refused(backend: object) -> str:
+        return refusal
+
+    monkeypatch.setattr(fallback, "probe_tool_support", refused)
+    with pytest.warns(ReportWarning, match="fell back to the fixed pipeline"):
+        result = run_evaluation(
+            "im2gps3k", run_benchmark["truth"], run_benchmark["images"], tmp_path / "run", preset="tools-agent",
+            config=run_config, limit=2, resamples=50, allow_degraded=True,
+        )
+    assert result.manifest["tools_fallback"] == refusal
+    assert result.manifest["config"]["agent"]["mode"] == "tools"
+    assert any("fell back to the fixed pipeline" in note for note in result.notes)
+    assert "fell back to the fixed pipeline" in result.report.report_md.read_text(encoding="utf-8")
+    lines = _lines(result.predictions_path)
+    assert len(lines) == 2 and all("fell back to the fixed pipeline" in json.dumps(line) for line in lines)
