@@ -132,6 +132,28 @@ def digest(trace: Trace) -> TraceDigest:
     return d
 
 
+TOOL_STEP_PREFIX = "tool:"  # the tool loop's events: ``tool:<name>`` (agent/toolloop/graph.py)
+MAX_SHOWN_RESULT_CHARS = 300
+
+
+def tool_call_rows(trace: Trace) -> list[tuple[str, str, str, str]]:
+    """(tool, arguments as JSON, what came back or the error, seconds) per tool call of the trace, in order
+    (none for a pipeline run)."""
+    import json
+
+    rows = []
+    for event in trace.events:
+        if not event.step.startswith(TOOL_STEP_PREFIX):
+            continue
+        arguments = event.inputs.get("arguments")
+        shown = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        result = f"error: {event.error}" if event.error else str(event.outputs.get("text", ""))
+        if len(result) > MAX_SHOWN_RESULT_CHARS:
+            result = result[:MAX_SHOWN_RESULT_CHARS] + " …"
+        rows.append((event.step.removeprefix(TOOL_STEP_PREFIX), shown, result, f"{event.duration_s:.2f}"))
+    return rows
+
+
 def osm_link(lat: float, lon: float, zoom: int = 10) -> str:
     """An OpenStreetMap link with a marker at (lat, lon)."""
     return f"https://www.openstreetmap.org/?mlat={lat:.5f}&mlon={lon:.5f}#map={zoom}/{lat:.5f}/{lon:.5f}"

@@ -10,7 +10,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geosleuth.agent.trace.digest import cluster_rows, digest, fmt_coord, hypothesis_place, osm_link, score_names
+from geosleuth.agent.trace.digest import (
+    cluster_rows,
+    digest,
+    fmt_coord,
+    hypothesis_place,
+    osm_link,
+    score_names,
+    tool_call_rows,
+)
 from geosleuth.agent.trace.svg_map import MAP_STYLE, map_points, map_svg, zoom_bounds
 from geosleuth.geo import geodesic_km
 from geosleuth.types import Trace
@@ -128,6 +136,11 @@ def trace_html(trace: Trace, *, land: CountryBoundaries | None = None, title: st
         for e in trace.events
     )
     parts.append(f"<p>{steps}</p>")
+    calls = tool_call_rows(trace)
+    if calls:
+        parts.append(f"<h3>Tool calls ({len(calls)})</h3>")
+        parts.append(_table(("tool", "arguments", "result", "s"),
+                            ((esc(a), esc(b), esc(c), d) for a, b, c, d in calls), (False, False, False, True)))
     parts.append(f"<h3>Clues ({len(d.clues)})</h3>")
     if d.clues:
         parts.append(_table(("observation", "implication"), ((esc(c.observation), esc(c.implication))

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from geosleuth.agent.trace.digest import cluster_rows, digest, fmt_coord, hypothesis_place, osm_link, score_names
+from geosleuth.agent.trace.digest import (
+    cluster_rows,
+    digest,
+    fmt_coord,
+    hypothesis_place,
+    osm_link,
+    score_names,
+    tool_call_rows,
+)
 from geosleuth.geo import geodesic_km
 from geosleuth.types import Trace
 
@@ -42,6 +50,13 @@ def trace_tree(trace: Trace) -> Any:
     if trace.models:
         steps.add(Text("models: " + ", ".join(f"{k}={v}" for k, v in trace.models.items()), style="dim"))
     steps.add(Text(f"config {trace.config_hash}", style="dim"))
+
+    calls = tool_call_rows(trace)
+    if calls:
+        tools = root.add(Text(f"tool calls ({len(calls)})", style="bold"))
+        for name, arguments, result, seconds in calls:
+            node = tools.add(Text.assemble((name, "magenta"), f"({arguments})  {seconds} s"))
+            node.add(Text(result, style="red" if result.startswith("error: ") else ""))
 
     clues = root.add(Text(f"clues ({len(d.clues)})", style="bold"))
     for clue in d.clues:

@@ -162,3 +162,20 @@ def test_tools_mode_with_a_tool_calling_backend_needs_no_fallback(make_resources
     geo.check_ready()
     assert geo.tools_fallback is None
     geo.close()
+
+
+def test_the_trace_views_list_each_tool_call_with_its_arguments_and_result(make_resources, base_config, photo) -> None:
+    from rich.console import Console
+
+    from geosleuth.agent.trace import trace_html, trace_tree
+
+    backend = ToolVLM([_call("propose", *TOKYO), _call("nosuch", 1.0, 2.0), _call("submit", *LISBON)])
+    outcome = asyncio.run(_pipeline(make_resources, base_config, backend).run(str(photo)))
+    page = trace_html(outcome.trace)
+    assert "Tool calls (3)" in page
+    assert page.index("propose") < page.index("nosuch") < page.index("submitted")  # in call order
+    assert "35.6762" in page and "error: there is no tool &#x27;nosuch&#x27;" in page
+    console = Console(width=200, record=True, color_system=None)
+    console.print(trace_tree(outcome.trace))
+    text = console.export_text()
+    assert "tool calls (3)" in text and "error: there is no tool 'nosuch'" in text and "submitted" in text
