@@ -17,7 +17,18 @@ def step_event(
     state: Mapping[str, Any], step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
     error: str | None = None,
 ) -> TraceEvent:
-    wall0, perf0 = state["clock"]
+    """The TraceEvent of a step of the run whose state is ``state`` (its ``clock``), started at ``started``
+    (``time.perf_counter()``) and ending now."""
+    return timed_event(state["clock"], step, started, inputs, outputs, error)
+
+
+def timed_event(
+    clock: tuple[float, float], step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
+    error: str | None = None,
+) -> TraceEvent:
+    """A TraceEvent from ``started`` until now; ``clock`` is the run's (unix time, perf_counter) at its
+    start, so event times are monotonic."""
+    wall0, perf0 = clock
     now = time.perf_counter()
     return TraceEvent(
         step=step,

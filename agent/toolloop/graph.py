@@ -23,6 +23,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from geosleuth.agent.step_events import timed_event
 from geosleuth.agent.toolloop.prompts import SUBMIT_TOOL
 from geosleuth.agent.toolloop.state import (
     STOP_SECONDS,
@@ -69,9 +70,7 @@ class LoopContext:
 
 def _event(ctx: LoopContext, step: str, started: float, inputs: dict[str, Any], outputs: dict[str, Any],
            error: str | None = None) -> TraceEvent:
-    wall0, perf0 = ctx.clock
-    return TraceEvent(step=step, started_at=wall0 + (started - perf0),
-                      duration_s=round(time.perf_counter() - started, 6), inputs=inputs, outputs=outputs, error=error)
+    return timed_event(ctx.clock, step, started, inputs, outputs, error)
 
 
 def spent_budget(state: ToolLoopState, budget: Budget, *, tokens: bool = True) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from geosleuth.agent.tools.submit import SubmitTool
 from geosleuth.prompts.render import PromptTemplate, load_template, render
 from geosleuth.vlm.backends import ChatMessage, ToolSpec
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from geosleuth.agent.tools.registry import ToolRegistry
 
 TEMPLATE_ID = "geo_tools"
-SUBMIT_TOOL = "submit"
+SUBMIT_TOOL = SubmitTool.name
 
 
 def tool_specs(registry: ToolRegistry) -> list[ToolSpec]:

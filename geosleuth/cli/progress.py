@@ -20,8 +20,6 @@ from geosleuth.agent.graph import STEPS
 from geosleuth.agent.progress import describe
 from geosleuth.types import ProgressEvent, TraceEvent
 
-__all__ = ["LocateProgress", "describe"]
-
 
 class LocateProgress:
     """A status line on ``console`` (normally stderr) for one photo, plus one line per finished step."""

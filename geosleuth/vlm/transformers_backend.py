@@ -50,9 +50,8 @@ class TransformersBackend:
         self.device = resolve_device(config.device, setting="vlm.device")
         import torch
 
-        # torch's thread count is per thread, and a thread inherits the count last set anywhere: after a
-        # one-thread worker (the GPS gallery's scan) the batch worker would decode on one core. It takes
-        # the count of the thread that loads the model instead.
+        # A thread starts with torch's thread count last set anywhere in the process: after any code sets
+        # one thread, the batch worker would decode on one core. It takes the loader's count instead.
         self.torch_threads = torch.get_num_threads()
 
         from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -6,7 +6,8 @@ import io
 
 from rich.console import Console
 
-from geosleuth.cli.progress import LocateProgress, describe
+from geosleuth.agent.progress import describe
+from geosleuth.cli.progress import LocateProgress
 from geosleuth.types import ProgressEvent, TraceEvent
 
 
